@@ -1,0 +1,1 @@
+"""A tiny calculator with two bugs for the agent to fix."""

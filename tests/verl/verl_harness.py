@@ -1,0 +1,165 @@
+"""Helpers for the verl tier (imported by conftest.py and the tests): the tiny offline tokenizer/model dir,
+verl's Hydra config composed from conf/verl, the shipped agent-loop YAML with a test's overrides, and the
+scripted LLM server manager, the only fake, as in verl's own *_on_cpu.py agent-loop tests.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF_VERL = ROOT / "conf" / "verl"
+TASKS = ROOT / "examples" / "tasks"
+FIXTURE_TASKS = Path(__file__).resolve().parent / "fixtures" / "tasks"
+SANDBOX_RESOURCE = "sandbox_slot"
+
+# Qwen2.5-style ChatML with tools rendered in the system turn and hermes <tool_call> blocks.
+CHAT_TEMPLATE = """\
+{%- if tools %}
+{{- '<|im_start|>system\\n' }}
+{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}
+{{- '# Tools\\n\\nYou may call functions. Their signatures:\\n<tools>' }}
+{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}
+{{- '\\n</tools>\\n\\nCall one as <tool_call>\\n{"name": <name>, "arguments": <json object>}\\n' }}
+{{- '</tool_call><|im_end|>\\n' }}
+{%- elif messages[0].role == 'system' %}
+{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}
+{%- endif %}
+{%- for message in messages %}
+{%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}
+{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}
+{%- elif message.role == 'assistant' %}
+{{- '<|im_start|>assistant' }}
+{%- if message.content %}{{- '\\n' + message.content }}{%- endif %}
+{%- for call in message.tool_calls | default([]) %}
+{%- set fn = call.function if call.function is defined else call %}
+{{- '\\n<tool_call>\\n{"name": "' + fn.name + '", "arguments": ' }}
+{{- fn.arguments if fn.arguments is string else (fn.arguments | tojson) }}
+{{- '}\\n</tool_call>' }}
+{%- endfor %}
+{{- '<|im_end|>\\n' }}
+{%- elif message.role == 'tool' %}
+{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}
+{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}
+{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}
+"""
+
+_CORPUS = [
+    "Create the file /app/hello.txt containing exactly the line Hello, world!",
+    'printf "Hello, world!\\n" > /app/hello.txt && cat /app/hello.txt',
+    '{"name": "bash", "arguments": {"command": "ls -la /app"}}',
+    "[exit code: 0] (no output) You are a helpful assistant. Run a bash command in the sandbox.",
+    'python3 -c \'import json; json.dump({"lines": 3, "words": 15}, open("/app/stats.json", "w"))\'',
+]
+
+
+def build_tiny_model(out: Path) -> Path:
+    """A byte-level BPE tokenizer (any text encodes and decodes exactly) plus a tiny Qwen2 config.json."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=800,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+    )
+    tok.train_from_iterator(_CORPUS * 30, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE
+    )
+    fast.add_tokens(["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"])
+    fast.save_pretrained(out)
+    Qwen2Config(
+        vocab_size=len(fast),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        architectures=["Qwen2ForCausalLM"],
+    ).save_pretrained(out)
+    return out
+
+
+def compose_verl(overrides: list[str]) -> Any:
+    """verl's trainer config exactly as `main_ppo --config-path conf/verl --config-name harbor_ppo` composes it."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_VERL), version_base=None):
+        return compose(config_name="harbor_ppo", overrides=overrides)
+
+
+def agent_loop_yaml(tmp_path: Path, harbor_overrides: list[str], **kwargs: Any) -> Path:
+    """The shipped conf/verl/agent_loop.yaml with this test's harbor_ray overrides (run label, pool name)."""
+    from omegaconf import OmegaConf
+
+    entries = OmegaConf.load(CONF_VERL / "agent_loop.yaml")
+    entry = entries[0]
+    entry.harbor_overrides = harbor_overrides
+    for key, value in kwargs.items():
+        entry[key] = value
+    path = tmp_path / "agent_loop.yaml"
+    OmegaConf.save(entries, path)
+    return path
+
+
+def tool_call(command: str) -> str:
+    return "<tool_call>\n" + json.dumps({"name": "bash", "arguments": {"command": command}}) + "\n</tool_call>"
+
+
+class ScriptedServerManager:
+    """The LLM server manager's `generate`, playing one scripted list of assistant turns per trajectory.
+
+    `scripts` maps a text found in the prompt (e.g. a task's file name) to the scripts to hand out, one per
+    new trajectory, in order. `before_turn(request_id, turn)` runs before a turn is returned (to kill a
+    sandbox between turns, or to block until cancelled). Every reply is recorded with its log-probs.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        scripts: dict[str, list[list[str]]],
+        before_turn: Callable[[str, int], Awaitable[None]] | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.scripts = {key: list(value) for key, value in scripts.items()}
+        self.before_turn = before_turn
+        self.end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.turns: dict[str, list[str]] = {}
+        self.sent: dict[str, list[tuple[list[int], list[float]]]] = {}
+
+    def _script_for(self, prompt_ids: list[int]) -> list[str]:
+        text = self.tokenizer.decode(prompt_ids)
+        for key, queue in self.scripts.items():
+            if key in text and queue:
+                return queue.pop(0)
+        msg = f"no script left for a prompt containing any of {list(self.scripts)}"
+        raise AssertionError(msg)
+
+    async def generate(
+        self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any], **kwargs: Any
+    ) -> Any:
+        from verl.workers.rollout.replica import TokenOutput
+
+        if request_id not in self.turns:
+            self.turns[request_id] = self._script_for(prompt_ids)
+            self.sent[request_id] = []
+        turn = len(self.sent[request_id])
+        if self.before_turn is not None:
+            await self.before_turn(request_id, turn)
+        script = self.turns[request_id]
+        text = script[turn] if turn < len(script) else "Done."
+        ids = [*self.tokenizer.encode(text, add_special_tokens=False), self.end_id]
+        # Distinct, recognisable log-probs: turn t, token k -> -(t + 1) - k / 1000.
+        log_probs = [-(turn + 1) - k / 1000 for k in range(len(ids))]
+        self.sent[request_id].append((ids, log_probs))
+        return TokenOutput(token_ids=ids, log_probs=log_probs if sampling_params.get("logprobs") else None)
