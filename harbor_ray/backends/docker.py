@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import builtins
 import functools
+import io
 import logging
 import os
-import select
 import shutil
 import socket
 import ssl
@@ -50,26 +50,34 @@ _LOG_TAIL_LINES = 15
 _SHELL_OR_BASH = 'if command -v bash >/dev/null 2>&1; then exec bash -c "$1"; else exec sh -c "$1"; fi'
 
 
-class _FrameReader:
-    """Iterate (stream, bytes) frames of a non-tty exec socket, raising TimeoutError at the deadline."""
+class ExecFrames:
+    """Iterate (stream, bytes) frames of a non-tty exec stream, raising TimeoutError at the deadline.
 
-    def __init__(self, sock: socket.socket, deadline: float | None) -> None:
+    It reads through http.client's buffered reader, not the socket beneath it: output that arrived in
+    the same packet as the response headers is already in that buffer (the SDK's own raw-socket
+    reader loses it, which a remote daemon makes common).
+    """
+
+    def __init__(self, stream: io.BufferedIOBase, sock: socket.socket, deadline: float | None) -> None:
+        self.stream = stream
         self.sock = sock
         self.deadline = deadline
         self.pending = bytearray()
         self.eof = False
 
+    @classmethod
+    def of_exec_socket(cls, exec_socket: Any, deadline: float | None) -> ExecFrames:
+        """From what `exec_start(socket=True)` returns: the SDK keeps the HTTP response on it."""
+        stream = exec_socket._response.raw._fp.fp  # urllib3 response -> http.client response -> BufferedReader
+        return cls(stream, stream.raw._sock, deadline)
+
     def _fill(self, need: int) -> bool:
         while len(self.pending) < need and not self.eof:
-            buffered = getattr(self.sock, "pending", lambda: 0)()  # TLS may hold decrypted bytes already
-            if not buffered:
-                timeout = None if self.deadline is None else self.deadline - time.monotonic()
-                if timeout is not None and timeout <= 0:
-                    raise TimeoutError
-                ready, _, _ = select.select([self.sock], [], [], timeout)
-                if not ready:
-                    raise TimeoutError
-            chunk = self.sock.recv(65536)
+            timeout = None if self.deadline is None else self.deadline - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                raise TimeoutError
+            self.sock.settimeout(timeout)  # a socket timeout is a TimeoutError too
+            chunk = self.stream.read1(65536)
             if not chunk:
                 self.eof = True
             self.pending.extend(chunk)
@@ -368,8 +376,8 @@ class DockerBackend:
 
     def _read_exec(self, handle: SandboxHandle, exec_id: str, deadline: float | None) -> tuple[str, str, bool]:
         sock = self.client.api.exec_start(exec_id, socket=True)
-        # The SDK's own frame reader polls without a timeout; read the multiplexed stream ourselves.
-        reader = _FrameReader(getattr(sock, "_sock", sock), deadline)
+        # The SDK's own frame reader has no deadline and can lose early output; read the stream ourselves.
+        reader = ExecFrames.of_exec_socket(sock, deadline)
         limit = self.output_limit_bytes
         buffers = {1: bytearray(), 2: bytearray()}
         dropped = 0

@@ -17,7 +17,7 @@ from harbor_ray.actor import Sandbox
 from harbor_ray.backends.base import SandboxSpec
 from harbor_ray.backends.docker import DockerBackend
 from harbor_ray.backends.docker_config import DockerBackendConfig, TLSFiles
-from harbor_ray.errors import BackendUnavailable, ConfigError, SandboxGone
+from harbor_ray.errors import BackendUnavailable, ConfigError, ExecTimeout, SandboxGone
 from harbor_ray.images import BUSYBOX_IMAGE
 
 
@@ -169,6 +169,27 @@ def test_allow_insecure_works_and_warns(plain_listener, run_label, caplog):
     expected = f"backend.allow_insecure=true: the Docker API at {plain_listener.url} is reached in plain text"
     assert expected in warnings[0]
     assert "root-equivalent access to that host" in warnings[0]
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("tls", [True, False], ids=["tls", "plain"])
+def test_output_arriving_with_the_response_headers_is_kept(start_listener, tls_certs, run_label, tls):
+    # The listener holds each reply 50 ms, so the exec's first frame shares a packet with the
+    # "101 UPGRADED" headers and lands in http.client's buffer (the SDK's raw-socket reader lost it).
+    if tls:
+        listener = start_listener("--coalesce-ms", "50", "--certs", str(tls_certs.dir("server")))
+        backend = DockerBackend(_remote(listener.url, _tls(tls_certs.dir("good"))))
+    else:
+        listener = start_listener("--coalesce-ms", "50", "--plain")
+        backend = DockerBackend(_remote(listener.url, TLSFiles(), allow_insecure=True))
+    handle = backend.create(SandboxSpec(run_label=run_label, image=BUSYBOX_IMAGE), BUSYBOX_IMAGE)
+    try:
+        results = [backend.exec(handle, ["sh", "-c", f"echo out{i}; echo err{i} >&2"]) for i in range(5)]
+        assert [(r.stdout, r.stderr) for r in results] == [(f"out{i}\n", f"err{i}\n") for i in range(5)]
+        with pytest.raises(ExecTimeout):  # the deadline still holds on the buffered path
+            backend.exec(handle, ["sleep", "30"], timeout_s=1)
+    finally:
+        backend.destroy(handle)
 
 
 @pytest.mark.docker

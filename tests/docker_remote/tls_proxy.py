@@ -11,6 +11,10 @@ Half-close: when the client shuts its write side, the daemon's write side is shu
 complete); when the daemon ends its side (end of an exec/attach stream), the client connection is
 closed once the bytes are flushed, or an `exec_start(socket=True)` reader would wait forever.
 
+With `--coalesce-ms N` each daemon->client chunk waits N ms and takes whatever followed it, so an
+exec's first output reaches the client in the same packet as the response headers (as a slow or
+distant network makes common).
+
     python tls_proxy.py --socket /var/run/docker.sock --certs DIR [--port 0]   # prints "listening <port>"
 """
 
@@ -23,6 +27,7 @@ import signal
 import socket
 import ssl
 import threading
+import time
 from pathlib import Path
 
 log = logging.getLogger("tls_proxy")
@@ -44,7 +49,19 @@ def _client_to_daemon(client: socket.socket, daemon: socket.socket) -> None:
         daemon.shutdown(socket.SHUT_WR)  # the client is done sending: pass the half-close on
 
 
-def handle(raw: socket.socket, socket_path: str, ctx: ssl.SSLContext | None) -> None:
+def _recv_coalesced(daemon: socket.socket, coalesce_s: float) -> bytes:
+    data = daemon.recv(CHUNK)
+    if data and coalesce_s:
+        time.sleep(coalesce_s)
+        daemon.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while more := daemon.recv(CHUNK):
+                data += more
+        daemon.setblocking(True)
+    return data
+
+
+def handle(raw: socket.socket, socket_path: str, ctx: ssl.SSLContext | None, coalesce_s: float) -> None:
     client: socket.socket = raw
     try:
         if ctx is not None:
@@ -60,7 +77,7 @@ def handle(raw: socket.socket, socket_path: str, ctx: ssl.SSLContext | None) -> 
     upstream = threading.Thread(target=_client_to_daemon, args=(client, daemon), daemon=True)
     upstream.start()
     try:
-        while data := daemon.recv(CHUNK):
+        while data := _recv_coalesced(daemon, coalesce_s):
             client.sendall(data)
     except OSError as e:
         log.debug("connection ended: %s", e)
@@ -75,7 +92,7 @@ def handle(raw: socket.socket, socket_path: str, ctx: ssl.SSLContext | None) -> 
         daemon.close()
 
 
-def serve(socket_path: str, port: int, certs: Path | None) -> None:
+def serve(socket_path: str, port: int, certs: Path | None, coalesce_s: float) -> None:
     ctx = server_context(certs) if certs else None
     listener = socket.create_server(("127.0.0.1", port), backlog=128)
     print(f"listening {listener.getsockname()[1]}", flush=True)
@@ -85,19 +102,20 @@ def serve(socket_path: str, port: int, certs: Path | None) -> None:
             conn, _ = listener.accept()
         except OSError:  # closed by SIGTERM
             return
-        threading.Thread(target=handle, args=(conn, socket_path, ctx), daemon=True).start()
+        threading.Thread(target=handle, args=(conn, socket_path, ctx, coalesce_s), daemon=True).start()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--socket", default="/var/run/docker.sock")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed)")
+    parser.add_argument("--coalesce-ms", type=float, default=0, help="merge daemon->client chunks within N ms")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--certs", type=Path, help="dir with ca.pem, server-cert.pem, server-key.pem")
     mode.add_argument("--plain", action="store_true", help="no TLS at all (the :2375 kind)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="tls_proxy: %(message)s")
-    serve(args.socket, args.port, None if args.plain else args.certs)
+    serve(args.socket, args.port, None if args.plain else args.certs, args.coalesce_ms / 1000)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ import aiohttp
 import docker
 from aiohttp import WSMsgType, web
 
+from harbor_ray.backends.docker import ExecFrames
+
 MARKER = "harbor-ray-test/kubelet"
 log = logging.getLogger("test-kubelet")
 
@@ -526,10 +528,8 @@ class Kubelet:
         queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
 
         def reader() -> None:
-            from docker.utils.socket import frames_iter
-
             try:
-                for stream, data in frames_iter(sock, tty=False):
+                for stream, data in ExecFrames.of_exec_socket(sock, deadline=None):
                     loop.call_soon_threadsafe(queue.put_nowait, (stream, data))
             except OSError:
                 pass
