@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import builtins
 import functools
-import io
 import logging
 import os
 import shutil
-import socket
 import ssl
 import struct
 import tarfile
@@ -58,25 +56,19 @@ class ExecFrames:
     reader loses it, which a remote daemon makes common).
     """
 
-    def __init__(self, stream: io.BufferedIOBase, sock: socket.socket, deadline: float | None) -> None:
-        self.stream = stream
-        self.sock = sock
+    def __init__(self, exec_socket: Any, deadline: float | None) -> None:
+        """`exec_socket` is what `exec_start(socket=True)` returns: the SDK keeps the HTTP response on it."""
+        self.stream = exec_socket._response.raw._fp.fp  # urllib3 response -> http.client response -> BufferedReader
         self.deadline = deadline
         self.pending = bytearray()
         self.eof = False
-
-    @classmethod
-    def of_exec_socket(cls, exec_socket: Any, deadline: float | None) -> ExecFrames:
-        """From what `exec_start(socket=True)` returns: the SDK keeps the HTTP response on it."""
-        stream = exec_socket._response.raw._fp.fp  # urllib3 response -> http.client response -> BufferedReader
-        return cls(stream, stream.raw._sock, deadline)
 
     def _fill(self, need: int) -> bool:
         while len(self.pending) < need and not self.eof:
             timeout = None if self.deadline is None else self.deadline - time.monotonic()
             if timeout is not None and timeout <= 0:
                 raise TimeoutError
-            self.sock.settimeout(timeout)  # a socket timeout is a TimeoutError too
+            self.stream.raw._sock.settimeout(timeout)  # a socket timeout is a TimeoutError too
             chunk = self.stream.read1(65536)
             if not chunk:
                 self.eof = True
@@ -377,7 +369,7 @@ class DockerBackend:
     def _read_exec(self, handle: SandboxHandle, exec_id: str, deadline: float | None) -> tuple[str, str, bool]:
         sock = self.client.api.exec_start(exec_id, socket=True)
         # The SDK's own frame reader has no deadline and can lose early output; read the stream ourselves.
-        reader = ExecFrames.of_exec_socket(sock, deadline)
+        reader = ExecFrames(sock, deadline)
         limit = self.output_limit_bytes
         buffers = {1: bytearray(), 2: bytearray()}
         dropped = 0

@@ -529,7 +529,7 @@ class Kubelet:
 
         def reader() -> None:
             try:
-                for stream, data in ExecFrames.of_exec_socket(sock, deadline=None):
+                for stream, data in ExecFrames(sock, deadline=None):
                     loop.call_soon_threadsafe(queue.put_nowait, (stream, data))
             except OSError:
                 pass
