@@ -20,13 +20,13 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "k8s"))
+sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from k8s_testcluster import BUSYBOX, Cluster, prepare_binaries, running_cluster  # noqa: E402
+from support.k8s_cluster import BUSYBOX, Cluster, prepare_binaries, running_cluster  # noqa: E402
 
 from harbor_ray.backends.base import SandboxSpec  # noqa: E402
-from harbor_ray.backends.kubernetes import KubernetesBackend  # noqa: E402
+from harbor_ray.backends.kubernetes.backend import KubernetesBackend  # noqa: E402
 
 KUBELET_SUBRESOURCES = {"binding", "status"}
 # Made by the apiserver itself (admission plugins, its own controllers), on its loopback client.

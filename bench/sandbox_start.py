@@ -20,10 +20,10 @@ import uuid
 import docker
 import ray
 
-from harbor_ray.actor import Sandbox, actor_class
 from harbor_ray.backends.base import SandboxSpec
-from harbor_ray.backends.docker_config import DockerBackendConfig
-from harbor_ray.images import BUSYBOX_IMAGE
+from harbor_ray.backends.docker.config import DockerBackendConfig
+from harbor_ray.backends.images import BUSYBOX_IMAGE
+from harbor_ray.sandbox import Sandbox, actor_class
 
 
 def ms(samples: list[float]) -> float:

@@ -31,9 +31,9 @@ import docker
 import ray
 
 from harbor_ray.backends.base import SandboxSpec
-from harbor_ray.backends.docker_config import DockerBackendConfig
+from harbor_ray.backends.docker.config import DockerBackendConfig
+from harbor_ray.backends.images import BUSYBOX_IMAGE
 from harbor_ray.config import PoolConfig
-from harbor_ray.images import BUSYBOX_IMAGE
 from harbor_ray.pool import SandboxPool
 
 ROOT = Path(__file__).resolve().parent.parent

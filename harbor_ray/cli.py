@@ -1,7 +1,8 @@
-"""`python -m harbor_ray {run,dryrun,clean,verl-dataset} [--flags] [key=value overrides…]`.
+"""`python -m harbor_ray COMMAND [--flags] [key=value overrides…]` (also the `harbor-ray` console script).
 
-Each subcommand lives in its own module with `main(argv) -> int`; this file only dispatches and turns
-harbor_ray errors into one line on stderr (exit 2), never a traceback.
+`COMMANDS` is the one table of commands: each lives in its own module with `main(argv) -> int`, and
+every one is listed by `--help`. This file only dispatches and turns harbor_ray errors into one line on
+stderr (exit 2), never a traceback.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import sys
 
 from harbor_ray.errors import HarborRayError
 
+# name -> (module with main(argv) -> int, one line for --help)
 COMMANDS = {
     "run": ("harbor_ray.harbor.runner", "run Harbor trials on the sandbox pool and report rewards"),
-    "dryrun": ("harbor_ray.preflight", "check that the configured backend will work, and why not"),
-    "clean": ("harbor_ray.cleanup", "delete our labeled containers/pods/images for a run prefix"),
+    "dryrun": ("harbor_ray.ops.dryrun", "check that the configured backend will work, and why not"),
+    "clean": ("harbor_ray.ops.clean", "delete our labeled containers/pods/images for a run prefix"),
+    "images": ("harbor_ray.ops.images", "build the project's base images that are missing (offline)"),
+    "config": ("harbor_ray.ops.show", "print the composed config, or every key with its doc (--keys)"),
     "verl-dataset": ("harbor_ray.verl.dataset", "write a verl RLHFDataset parquet from Harbor tasks"),
 }
 

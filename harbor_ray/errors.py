@@ -50,3 +50,11 @@ class ExecTimeout(HarborRayError, TimeoutError):
 
 class TransferError(HarborRayError, OSError):
     """An upload or download failed (missing path, bad archive)."""
+
+
+class BaseImageError(HarborRayError, RuntimeError):
+    """A base image could not be built on this machine."""
+
+
+class RewardParseError(HarborRayError, ValueError):
+    """reward.txt / reward.json is empty or not what Harbor accepts."""

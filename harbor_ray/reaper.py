@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from harbor_ray import labels as L
+from harbor_ray.backends import BackendConfig, make_backend
 from harbor_ray.backends.base import Backend
 from harbor_ray.errors import HarborRayError
 
@@ -23,7 +24,13 @@ log = logging.getLogger(__name__)
 
 
 class _Gcs:
-    """Actor and job states from the GCS, asked once per id per reap; empty when Ray is not running."""
+    """Actor and job states from this cluster's GCS, asked once per id per reap; empty when Ray is not running.
+
+    Ray's public state API (`ray.util.state.get_actor` / `list_jobs`) answers only through the dashboard,
+    which trainers and tests often run without (`include_dashboard=False`); the GCS itself always knows.
+    So this one class reads `ray._private.state`, the same table the dashboard serves, and nothing else
+    in harbor_ray touches `ray._private`.
+    """
 
     def __init__(self) -> None:
         import ray
@@ -103,10 +110,8 @@ def reap(backend: Backend, prefix: str, *, now: float | None = None) -> list[str
     return removed
 
 
-def reap_with_config(backend_config: Any, prefixes: list[str]) -> list[str]:
+def reap_with_config(backend_config: BackendConfig, prefixes: list[str]) -> list[str]:
     """`reap` for several prefixes on the backend a config describes (the body of the pool's reap task)."""
-    from harbor_ray.backends import make_backend
-
     backend = make_backend(backend_config)
     removed: list[str] = []
     for prefix in prefixes:

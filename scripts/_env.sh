@@ -1,9 +1,11 @@
 # Sourced by the other scripts: find Python 3.12, create or reuse the project's virtual environment.
-# The venv lives outside the checkout, keyed by a hash of the dependency list (not of the whole
-# pyproject.toml), so a fresh clone reuses it and only a changed dependency pays for a new one.
-# The checkout itself goes on PYTHONPATH.
+# The venv is installed from requirements.lock (the exact versions CI tested; scripts/lock.sh refreshes it
+# from pyproject.toml) and lives outside the checkout, keyed by a hash of the lock and the interpreter, so a
+# fresh clone reuses it and only a changed lock pays for a new one. The checkout itself goes on PYTHONPATH.
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${HARBOR_RAY_CACHE:-$HOME/.cache/harbor_ray}"
+LOCK="$ROOT/requirements.lock"
+LOCK_EXTRAS="test,k8s,verl"  # what requirements.lock covers
 
 find_python312() {
   local c
@@ -30,25 +32,25 @@ PY
 }
 
 ensure_venv() {
-  local py key venv reqs extras="${HARBOR_RAY_EXTRAS:-test,k8s,verl}"
+  local py key venv
   py="$(find_python312)" || {
     echo "harbor_ray needs Python 3.12 (Harbor needs >=3.12, verl <3.13); none found. Install one (e.g. 'pyenv install 3.12') or set HARBOR_RAY_PYTHON=/path/to/python3.12." >&2
     return 1
   }
-  reqs="$(requirements "$py" "$extras")"
-  key="$( (echo "$reqs"; "$py" -V) | sha256sum | cut -c1-16)"
+  [ -f "$LOCK" ] || { echo "requirements.lock is missing; run scripts/lock.sh" >&2; return 1; }
+  key="$( (cat "$LOCK"; "$py" -V) | sha256sum | cut -c1-16)"
   venv="$CACHE/venv-$key"
   if [ ! -f "$venv/.ready" ]; then
     mkdir -p "$CACHE"
     exec 9>"$CACHE/venv-$key.lock"
     flock 9  # several scripts may start at once; one builds, the others wait for it
     if [ ! -f "$venv/.ready" ]; then
-      echo "setting up $venv (extras: $extras) ..." >&2
+      echo "setting up $venv from requirements.lock ..." >&2
       rm -rf "$venv"
       "$py" -m venv "$venv"
       "$venv/bin/python" -m pip install -q -U pip >&2
-      echo "$reqs" > "$venv/requirements.txt"
-      "$venv/bin/python" -m pip install -q -r "$venv/requirements.txt" >&2
+      "$venv/bin/python" -m pip install -q --no-deps -r "$LOCK" >&2
+      "$venv/bin/python" -m pip check >&2 || { echo "requirements.lock is inconsistent; refresh it with scripts/lock.sh" >&2; return 1; }
       touch "$venv/.ready"
     fi
     flock -u 9

@@ -6,5 +6,5 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 ensure_venv
 cd "$ROOT"
-python -m harbor_ray.base_images >&2
+python -m harbor_ray images >&2
 exec python -m harbor_ray run tasks=examples/tasks agent=oracle jobs_dir="${HARBOR_RAY_JOBS:-$ROOT/jobs}" "$@"

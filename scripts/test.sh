@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The test command: set up (Python 3.12 venv, base images, k8s test harness), lint, run every tier.
+# The test command: set up (Python 3.12 venv from requirements.lock, base images, k8s test harness), lint,
+# check the import layers, run every tier.
 # Extra arguments go to pytest, e.g. scripts/test.sh -m docker -x
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 ensure_venv
 cd "$ROOT"
-python -m harbor_ray.base_images
+python -m harbor_ray images
 bash scripts/k8s_harness.sh prepare >/dev/null
 python -m ruff check harbor_ray tests bench
 python -m ruff format --check harbor_ray tests bench >/dev/null || { python -m ruff format --diff harbor_ray tests bench | head -40; exit 1; }
 python -m mypy harbor_ray
+lint-imports --no-cache >/dev/null || lint-imports --no-cache  # the layers of pyproject.toml [tool.importlinter]
 exec python -m pytest "$@"

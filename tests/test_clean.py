@@ -15,10 +15,10 @@ import pytest
 
 from harbor_ray import labels as L
 from harbor_ray.backends.base import SandboxSpec
-from harbor_ray.backends.docker import DockerBackend
-from harbor_ray.cleanup import clean_images, clean_sandboxes
+from harbor_ray.backends.docker.backend import DockerBackend
+from harbor_ray.backends.images import BUSYBOX_IMAGE
 from harbor_ray.errors import ConfigError
-from harbor_ray.images import BUSYBOX_IMAGE
+from harbor_ray.ops.clean import clean_images, clean_sandboxes
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.docker

@@ -1,28 +1,97 @@
-"""Backends: sandbox I/O over one SDK each. `make_backend` picks one by config, importing it lazily."""
+"""Backends: sandbox I/O over one SDK each, chosen by `kind` from the one registry below.
+
+A backend is a package `harbor_ray.backends.<package>` with `config.py` (its settings dataclass, a
+`kind` field and the `BackendSettings` methods) and `backend.py` (the class implementing `Backend`).
+Adding one is an entry in `REGISTRY`, its config class in `BackendConfig`, and that package. Its SDK is
+imported only when a backend is made; a missing SDK says which pip extra to install.
+"""
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
 from typing import Any
 
-from harbor_ray.backends.base import Backend, ExecResult, SandboxHandle, SandboxSpec
+from harbor_ray.backends.base import Backend, BackendSettings, ExecResult, SandboxHandle, SandboxSpec
+from harbor_ray.backends.docker.config import DockerBackendConfig
+from harbor_ray.backends.kubernetes.config import K8sBackendConfig
 from harbor_ray.errors import ConfigError
 
-__all__ = ["Backend", "ExecResult", "SandboxHandle", "SandboxSpec", "make_backend"]
+__all__ = [
+    "REGISTRY",
+    "Backend",
+    "BackendConfig",
+    "BackendEntry",
+    "BackendSettings",
+    "ExecResult",
+    "SandboxHandle",
+    "SandboxSpec",
+    "entry",
+    "make_backend",
+]
+
+# The typed union a config's `backend` section becomes (discriminated by `kind`).
+BackendConfig = DockerBackendConfig | K8sBackendConfig
 
 
-def make_backend(config: Any, *, output_limit_bytes: int = 1_000_000) -> Backend:
-    """The backend for a `DockerBackendConfig` or `K8sBackendConfig` (by its `kind`)."""
-    kind = getattr(config, "kind", None)
-    if kind in ("docker", "docker_remote"):
-        from harbor_ray.backends.docker import DockerBackend
+@dataclass(frozen=True)
+class BackendEntry:
+    """One backend kind: where its code is, its config class, what one sandbox is called there.
 
-        return DockerBackend(config, output_limit_bytes=output_limit_bytes)
-    if kind == "k8s":
+    Attributes:
+        kind: the value of `backend.kind` (and the Hydra group `backend=<kind>`).
+        package: `harbor_ray.backends.<package>`, holding config.py and backend.py.
+        backend_class: the class in `<package>.backend`.
+        config_class: its settings dataclass.
+        noun: what one sandbox is there (container, pod), for messages.
+        extra: the pip extra that installs its SDK ("" when it is a core dependency).
+    """
+
+    kind: str
+    package: str
+    backend_class: str
+    config_class: type
+    noun: str
+    extra: str = ""
+
+    def load(self) -> type:
+        """The backend class; ConfigError naming the extra when its SDK is not installed."""
+        module = f"harbor_ray.backends.{self.package}.backend"
         try:
-            from harbor_ray.backends.kubernetes import KubernetesBackend
+            return getattr(importlib.import_module(module), self.backend_class)  # type: ignore[no-any-return]
         except ImportError as e:
-            msg = f"backend.kind=k8s needs the kubernetes client ({e}); pip install 'harbor-ray[k8s]'"
+            hint = f"; pip install 'harbor-ray[{self.extra}]'" if self.extra else ""
+            msg = f"backend.kind={self.kind} cannot be used: {e}{hint}"
             raise ConfigError(msg) from e
-        return KubernetesBackend(config, output_limit_bytes=output_limit_bytes)
-    msg = f"backend.kind={kind!r}: unknown backend; use docker, docker_remote or k8s"
-    raise ConfigError(msg)
+
+
+REGISTRY: dict[str, BackendEntry] = {
+    e.kind: e
+    for e in (
+        BackendEntry("docker", "docker", "DockerBackend", DockerBackendConfig, "container"),
+        BackendEntry("docker_remote", "docker", "DockerBackend", DockerBackendConfig, "container"),
+        BackendEntry("k8s", "kubernetes", "KubernetesBackend", K8sBackendConfig, "pod", extra="k8s"),
+    )
+}
+
+
+def entry(kind: str) -> BackendEntry:
+    """The registry entry of a kind; ConfigError listing the known kinds otherwise."""
+    try:
+        return REGISTRY[kind]
+    except KeyError:
+        msg = f"backend.kind={kind!r}: unknown backend; use one of {', '.join(REGISTRY)}"
+        raise ConfigError(msg) from None
+
+
+def make_backend(config: BackendConfig, *, output_limit_bytes: int = 1_000_000) -> Backend:
+    """The backend a config describes (by its `kind`), its SDK imported now.
+
+    >>> make_backend(DockerBackendConfig()).kind  # doctest: +SKIP
+    'docker'
+    """
+    kwargs: dict[str, Any] = {"output_limit_bytes": output_limit_bytes}
+    if config.builds_on_local_docker():
+        # Nodes that run this machine's images: build them on the local daemon, through its own backend.
+        kwargs["local_builder"] = make_backend(DockerBackendConfig()).ensure_image
+    return entry(config.kind).load()(config, **kwargs)  # type: ignore[no-any-return]

@@ -7,34 +7,9 @@ actor runs them in a thread so their blocking calls never stall an event loop.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from harbor_ray.errors import (
-    BackendUnavailable,
-    CircuitOpen,
-    ExecTimeout,
-    HarborRayError,
-    ImageBuildError,
-    SandboxGone,
-    SandboxStartError,
-    TransferError,
-)
-
-__all__ = [
-    "Backend",
-    "BackendUnavailable",
-    "CircuitOpen",
-    "ExecResult",
-    "ExecTimeout",
-    "HarborRayError",
-    "ImageBuildError",
-    "SandboxGone",
-    "SandboxHandle",
-    "SandboxSpec",
-    "SandboxStartError",
-    "TransferError",
-]
+__all__ = ["DEFAULT_CAP_ADD", "Backend", "BackendSettings", "ExecResult", "SandboxHandle", "SandboxSpec"]
 
 # Capabilities a shell, package managers and test runners need; everything else is dropped.
 DEFAULT_CAP_ADD = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETGID", "SETUID", "KILL")
@@ -92,19 +67,6 @@ class ExecResult:
     truncated: bool = False
 
 
-def upload_paths(local_path: str, remote_path: str) -> tuple[Path, PurePosixPath]:
-    """Check an upload's source exists and its target is absolute; TransferError otherwise."""
-    src = Path(local_path)
-    if not src.exists() and not src.is_symlink():
-        msg = f"upload: {local_path} does not exist"
-        raise TransferError(msg)
-    target = PurePosixPath(remote_path)
-    if not target.is_absolute():
-        msg = f"upload: remote path {remote_path!r} must be absolute"
-        raise TransferError(msg)
-    return src, target
-
-
 @runtime_checkable
 class Backend(Protocol):
     """Sandbox I/O for one kind of host. Eight members; errors are `HarborRayError` leaves."""
@@ -150,4 +112,36 @@ class Backend(Protocol):
 
     def list(self, labels: dict[str, str]) -> list[SandboxHandle]:
         """Sandboxes whose labels include all of `labels`."""
+        ...
+
+
+class BackendSettings(Protocol):
+    """What the pool, dryrun and clean ask of any backend's config dataclass (no I/O, no SDK).
+
+    `kind` selects the registry entry; `slots` bounds sandboxes per host (0: only pool.max_sandboxes);
+    `host_name()` is the one place sandboxes go, or None for the local daemon of whichever Ray node runs
+    the sandbox actor (so actors are pinned per node); `supports_hosts` says whether `pool.hosts` may list
+    several of them (`at_url` then makes each one's config).
+    """
+
+    supports_hosts: ClassVar[bool]
+    kind: Any
+    max_concurrent_creates: int
+    build_timeout_s: float
+
+    @property
+    def slots(self) -> int: ...
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the field when the settings cannot work."""
+        ...
+
+    def host_name(self) -> str | None: ...
+
+    def target(self) -> str:
+        """Where sandboxes are created, in a few words, for reports."""
+        ...
+
+    def builds_on_local_docker(self) -> bool:
+        """Whether task images are built on this machine's Docker daemon for this backend."""
         ...

@@ -20,11 +20,11 @@ from harbor.environments.capabilities import EnvironmentCapabilities
 from harbor.models.task.config import NetworkMode
 from harbor.models.trial.paths import EnvironmentPaths
 
-from harbor_ray.actor import Sandbox
 from harbor_ray.config import Config, load_config
 from harbor_ray.errors import ExecTimeout, HarborRayError, TaskError
 from harbor_ray.harbor.spec import sandbox_spec
 from harbor_ray.pool import Lease, SandboxPool
+from harbor_ray.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
 

@@ -30,10 +30,10 @@ from typing import Any
 from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput
 from verl.experimental.agent_loop.tool_agent_loop import AgentData, AgentState, ToolAgentLoop
 
-from harbor_ray.actor import Sandbox
 from harbor_ray.backends.base import SandboxSpec
 from harbor_ray.errors import HarborRayError, SandboxStartError, TaskError
 from harbor_ray.pool import Lease
+from harbor_ray.sandbox import Sandbox
 from harbor_ray.verl.sandboxes import harbor_config, pool_for
 from harbor_ray.verl.task import HarborTask, load_task, task_sandbox_spec
 from harbor_ray.verl.tool import BashSession, BashTool

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from harbor_ray.backends.base import SandboxSpec
+from harbor_ray.config import Config
 from harbor_ray.errors import TaskError
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def load_task(path: str | Path) -> HarborTask:
 _SPECS: dict[tuple[int, Path], SandboxSpec] = {}
 
 
-def task_sandbox_spec(cfg: Any, task: HarborTask) -> SandboxSpec:
+def task_sandbox_spec(cfg: Config, task: HarborTask) -> SandboxSpec:
     """The sandbox for a task (its image or Dockerfile, its limits, its network), via the Harbor adapter.
 
     Cached per (config object, task): configs are composed once per process and kept.

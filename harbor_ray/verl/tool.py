@@ -18,9 +18,9 @@ from uuid import uuid4
 from verl.tools.base_tool import BaseTool
 from verl.tools.schemas import OpenAIFunctionToolSchema, ToolResponse
 
-from harbor_ray.actor import Sandbox
 from harbor_ray.backends.base import ExecResult
 from harbor_ray.errors import ExecTimeout, HarborRayError
+from harbor_ray.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
 

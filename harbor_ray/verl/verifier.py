@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from harbor_ray.actor import Sandbox
-from harbor_ray.errors import ExecTimeout
+from harbor_ray.errors import ExecTimeout, RewardParseError
+from harbor_ray.sandbox import Sandbox
 from harbor_ray.verl.task import HarborTask
 
 log = logging.getLogger(__name__)
@@ -47,10 +47,6 @@ class VerifierOutcome:
     @property
     def ok(self) -> bool:
         return not self.error
-
-
-class RewardParseError(ValueError):
-    """reward.txt / reward.json is empty or not what Harbor accepts."""
 
 
 def parse_reward_text(text: str) -> dict[str, float]:

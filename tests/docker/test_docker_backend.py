@@ -11,9 +11,9 @@ import pytest
 
 from harbor_ray import labels as L
 from harbor_ray.backends.base import SandboxHandle, SandboxSpec
-from harbor_ray.backends.docker import DockerBackend
+from harbor_ray.backends.docker.backend import DockerBackend
+from harbor_ray.backends.images import BASE_IMAGE, BUSYBOX_IMAGE
 from harbor_ray.errors import ExecTimeout, SandboxGone, SandboxStartError, TransferError
-from harbor_ray.images import BASE_IMAGE, BUSYBOX_IMAGE
 
 pytestmark = pytest.mark.docker
 

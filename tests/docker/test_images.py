@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from harbor_ray.backends.base import SandboxSpec
-from harbor_ray.backends.docker import DockerBackend
+from harbor_ray.backends.docker.backend import DockerBackend
+from harbor_ray.backends.images import BUSYBOX_IMAGE, context_hash, env_image_tag
 from harbor_ray.errors import ImageBuildError, TaskError
-from harbor_ray.images import BUSYBOX_IMAGE, context_hash, env_image_tag
 
 pytestmark = pytest.mark.docker
 

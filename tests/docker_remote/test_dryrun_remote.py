@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from support.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,12 +25,6 @@ def line(out: str, name: str) -> str:
     found = [x.strip() for x in out.splitlines() if x.strip()[2:].startswith(f"{name}: ")]
     assert len(found) == 1, f"no single line for {name!r} in:\n{out}"
     return found[0]
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.docker
@@ -63,7 +57,7 @@ def test_seed_layout_with_docker_cert_path_passes(tls_listener, tls_certs, run_l
 
 @pytest.mark.docker
 def test_unreachable_host_fails_on_its_own_line(tls_certs):
-    port = closed_port()
+    port = free_port()  # closed: nothing listens there
     done = dryrun("backend=docker_remote", f"backend.host=tcp://127.0.0.1:{port}",
                   f"backend.tls.cert_path={tls_certs.dir('good')}")  # fmt: skip
     assert done.returncode == 1, done.stdout + done.stderr

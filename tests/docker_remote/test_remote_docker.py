@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from harbor_ray.actor import Sandbox
 from harbor_ray.backends.base import SandboxSpec
-from harbor_ray.backends.docker import DockerBackend
-from harbor_ray.backends.docker_config import DockerBackendConfig, TLSFiles
+from harbor_ray.backends.docker.backend import DockerBackend
+from harbor_ray.backends.docker.config import DockerBackendConfig, TLSFiles
+from harbor_ray.backends.images import BUSYBOX_IMAGE
 from harbor_ray.errors import BackendUnavailable, ConfigError, ExecTimeout, SandboxGone
-from harbor_ray.images import BUSYBOX_IMAGE
+from harbor_ray.sandbox import Sandbox
 
 
 def _tls(certs: Path, **files: str) -> TLSFiles:
@@ -156,7 +156,7 @@ def test_plain_text_is_refused(plain_listener, tls_certs):
 
 @pytest.mark.docker
 def test_allow_insecure_works_and_warns(plain_listener, run_label, caplog):
-    caplog.set_level(logging.WARNING, logger="harbor_ray.backends.docker_host")
+    caplog.set_level(logging.WARNING, logger="harbor_ray.backends.docker.endpoint")
     backend = DockerBackend(_remote(plain_listener.url, TLSFiles(), allow_insecure=True))
     spec = SandboxSpec(run_label=run_label, image=BUSYBOX_IMAGE)
     handle = backend.create(spec, BUSYBOX_IMAGE)

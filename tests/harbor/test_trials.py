@@ -81,8 +81,8 @@ async def test_bad_task_dir_is_one_clear_error(ray_local, run_label: str, tmp_pa
 async def test_delete_false_keeps_the_sandbox_for_inspection(
     ray_local, run_label: str, tmp_path: Path, docker_client
 ) -> None:
-    from harbor_ray.backends.docker import DockerBackend
-    from harbor_ray.cleanup import clean_sandboxes
+    from harbor_ray.backends.docker.backend import DockerBackend
+    from harbor_ray.ops.clean import clean_sandboxes
 
     [record] = await run_trials(config(run_label, tmp_path, f"tasks=[{EXAMPLES / 'hello-file'}]", "delete=false"))
     assert record.reward == 1.0

@@ -1,6 +1,6 @@
 """Session fixtures for the Kubernetes tier: a real kube-apiserver + etcd, the test kubelet, a kubeconfig.
 
-See `k8s_testcluster.py`. If the harness cannot be built or started the tests fail, never skip. Each test that
+See `support/k8s_cluster.py`. If the harness cannot be built or started the tests fail, never skip. Each test that
 makes sandboxes takes a `run_label` of its own; at its teardown no pod or container with that label
 may remain.
 """
@@ -8,23 +8,12 @@ may remain.
 from __future__ import annotations
 
 import secrets
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import docker
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from k8s_testcluster import (  # noqa: E402
-    BUSYBOX,
-    Cluster,
-    ClusterStartError,
-    assert_nothing_left,
-    prepare_binaries,
-    running_cluster,
-)
+from support.k8s_cluster import BUSYBOX, Cluster, assert_nothing_left, prepare_binaries, running_cluster
+from support.procs import HarnessError
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +33,7 @@ def k8s_cluster(docker_client: docker.DockerClient, tmp_path_factory: pytest.Tem
         binaries = prepare_binaries()
         with running_cluster(tmp_path_factory.mktemp("k8s"), binaries) as cluster:
             yield cluster
-    except ClusterStartError as e:
+    except HarnessError as e:
         pytest.fail(f"the Kubernetes test harness did not start: {e}")
 
 

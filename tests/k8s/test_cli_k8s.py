@@ -1,7 +1,8 @@
 """`python -m harbor_ray dryrun|clean` with the Kubernetes backend, against the test kube-apiserver.
 
-The checks and the pod cleanup themselves are harbor_ray.k8s_ops's (tested in test_k8s_ops.py); here the
-commands pick the k8s backend from the config, print their lines, and exit non-zero when a check fails.
+The checks (harbor_ray.ops.dryrun.kubernetes) and the pod cleanup (harbor_ray.ops.clean) are tested in
+test_k8s_ops.py; here the commands pick the k8s backend from the config, print their lines, and exit
+non-zero when a check fails.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harbor_ray.images import BUSYBOX_IMAGE as BUSYBOX
+from harbor_ray.backends.images import BUSYBOX_IMAGE as BUSYBOX
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.k8s

@@ -8,11 +8,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from k8s_testcluster import BUSYBOX, Cluster, faulty_proxy, write_kubeconfig
+from support.k8s_cluster import BUSYBOX, Cluster, faulty_proxy, write_kubeconfig
 
 from harbor_ray import labels as L
 from harbor_ray.backends.base import SandboxSpec
-from harbor_ray.backends.kubernetes import KubernetesBackend
+from harbor_ray.backends.kubernetes.backend import KubernetesBackend
 from harbor_ray.errors import SandboxStartError
 
 pytestmark = [pytest.mark.k8s, pytest.mark.docker]

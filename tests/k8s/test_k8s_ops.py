@@ -7,13 +7,14 @@ from pathlib import Path
 
 import docker
 import pytest
-from k8s_testcluster import BUSYBOX, Cluster, assert_nothing_left
+from support.k8s_cluster import BUSYBOX, Cluster, assert_nothing_left
 
 from harbor_ray import labels as L
 from harbor_ray.backends.base import SandboxSpec
-from harbor_ray.backends.kubernetes import KubernetesBackend
+from harbor_ray.backends.kubernetes.backend import KubernetesBackend
 from harbor_ray.errors import ConfigError
-from harbor_ray.k8s_ops import K8sCheck, clean_pods, k8s_checks
+from harbor_ray.ops.clean import clean_pods
+from harbor_ray.ops.dryrun.kubernetes import K8sCheck, k8s_checks
 
 pytestmark = [pytest.mark.k8s, pytest.mark.docker]
 
@@ -79,7 +80,7 @@ def test_preflight_bad_kubeconfig_fails_on_its_own_line(k8s_cluster: Cluster, tm
 
 
 def test_preflight_unreachable_api_fails_on_its_own_line(k8s_cluster: Cluster) -> None:
-    from k8s_testcluster import write_kubeconfig
+    from support.k8s_cluster import write_kubeconfig
 
     dead = write_kubeconfig(
         k8s_cluster.workdir / "dead2.kubeconfig", "https://127.0.0.1:1", k8s_cluster.ca_file, "x", "default"

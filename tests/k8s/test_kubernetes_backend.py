@@ -10,11 +10,11 @@ from pathlib import Path
 
 import docker
 import pytest
-from k8s_testcluster import BASE, BUSYBOX, KUBELET_MARKER, Cluster
+from support.k8s_cluster import BASE, BUSYBOX, KUBELET_MARKER, Cluster
 
 from harbor_ray import labels as L
 from harbor_ray.backends.base import Backend, SandboxSpec
-from harbor_ray.backends.kubernetes import KubernetesBackend
+from harbor_ray.backends.kubernetes.backend import KubernetesBackend
 from harbor_ray.errors import (
     BackendUnavailable,
     ConfigError,
@@ -299,7 +299,7 @@ def test_private_configuration_per_instance(k8s_cluster: Cluster, run_label: str
 
 def test_api_errors_are_retried_then_reported(k8s_cluster: Cluster) -> None:
     """Nothing listens: connection errors are retried with backoff, then one BackendUnavailable line."""
-    from k8s_testcluster import write_kubeconfig
+    from support.k8s_cluster import write_kubeconfig
 
     dead = write_kubeconfig(
         k8s_cluster.workdir / "dead.kubeconfig", "https://127.0.0.1:1", k8s_cluster.ca_file, "x", "default"

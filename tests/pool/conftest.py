@@ -11,9 +11,9 @@ import pytest
 
 from harbor_ray import labels as L
 from harbor_ray.backends.base import SandboxSpec
-from harbor_ray.backends.docker_config import DockerBackendConfig
+from harbor_ray.backends.docker.config import DockerBackendConfig
+from harbor_ray.backends.images import BUSYBOX_IMAGE
 from harbor_ray.config import PoolConfig
-from harbor_ray.images import BUSYBOX_IMAGE
 from harbor_ray.pool import SandboxPool
 
 

@@ -9,23 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
-import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import ray
 from ray.cluster_utils import Cluster
 from ray.util.placement_group import placement_group, placement_group_table
+from support import tls_proxy
+from support.procs import Listener
 
 from harbor_ray import labels as L
-from harbor_ray.backends.docker_config import DockerBackendConfig
+from harbor_ray.backends.docker.config import DockerBackendConfig
 from harbor_ray.errors import HarborRayError
-from harbor_ray.placement import HOST_LABEL
+from harbor_ray.pool.hosts import HOST_LABEL
 
 from .conftest import all_gone, busybox, eventually
 
@@ -121,22 +120,12 @@ async def test_hosts_discovered_per_node_from_the_resource(cluster, run_label, m
 
 @pytest.fixture
 def remote_daemon() -> Iterator[str]:
-    """The engine behind a plain TCP listener (tests/docker_remote/tls_proxy.py): a "remote" daemon."""
-    proxy = Path(__file__).parent.parent / "docker_remote" / "tls_proxy.py"
-    proc = subprocess.Popen(
-        [sys.executable, str(proxy), "--socket", "/var/run/docker.sock", "--plain"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
+    """The engine behind a plain TCP listener (tests/support/tls_proxy.py): a "remote" daemon."""
+    listener = Listener(tls_proxy.command("--plain"))
     try:
-        assert line.startswith("listening "), f"tls_proxy.py did not start: {line!r}"
-        yield f"tcp://127.0.0.1:{line.split()[1]}"
+        yield listener.url
     finally:
-        proc.terminate()
-        proc.wait(10)
+        listener.stop()
 
 
 async def test_remote_daemon_actors_spread_over_sandbox_nodes(cluster, run_label, make_pool, remote_daemon) -> None:

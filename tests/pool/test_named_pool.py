@@ -13,7 +13,7 @@ import pytest
 import ray
 
 from harbor_ray.backends.base import SandboxSpec
-from harbor_ray.backends.docker_config import DockerBackendConfig
+from harbor_ray.backends.docker.config import DockerBackendConfig
 from harbor_ray.config import Config, PoolConfig
 from harbor_ray.errors import BackendUnavailable
 from harbor_ray.pool import SandboxPool
@@ -27,7 +27,7 @@ OTHER_DRIVER = textwrap.dedent(
     import asyncio, sys
     import ray
     from harbor_ray.backends.base import SandboxSpec
-    from harbor_ray.images import BUSYBOX_IMAGE
+    from harbor_ray.backends.images import BUSYBOX_IMAGE
     from harbor_ray.pool import SandboxPool
 
     gcs, name, namespace, label = sys.argv[1:]

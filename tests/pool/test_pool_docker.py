@@ -15,9 +15,9 @@ import pytest
 import ray
 
 from harbor_ray import labels as L
-from harbor_ray.backends.docker_config import DockerBackendConfig
+from harbor_ray.backends.docker.config import DockerBackendConfig
 from harbor_ray.errors import CircuitOpen, ImageBuildError, SandboxGone
-from harbor_ray.placement import HOST_LABEL
+from harbor_ray.pool.hosts import HOST_LABEL
 
 from .conftest import all_gone, busybox, eventually, ours
 

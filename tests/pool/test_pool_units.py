@@ -7,16 +7,15 @@ import time
 import pytest
 
 from harbor_ray import labels as L
-from harbor_ray.backends.docker_config import DockerBackendConfig
-from harbor_ray.backends.k8s_config import K8sBackendConfig
-from harbor_ray.circuit import CircuitBreaker
-from harbor_ray.config import PoolConfig, load_config
+from harbor_ray.backends.docker.config import DockerBackendConfig
+from harbor_ray.backends.kubernetes.config import K8sBackendConfig
+from harbor_ray.config import PoolConfig, check_pool_config, load_config
 from harbor_ray.errors import CircuitOpen, ConfigError
-from harbor_ray.placement import (
+from harbor_ray.pool.circuit import CircuitBreaker
+from harbor_ray.pool.hosts import (
     NODE_ID_LABEL,
     actor_options,
     bundle,
-    check_pool_config,
     configured_hosts,
     has_node,
     node_hosts,

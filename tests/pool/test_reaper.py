@@ -9,11 +9,11 @@ import pytest
 import ray
 
 from harbor_ray import labels as L
-from harbor_ray.actor import Sandbox, actor_class
-from harbor_ray.backends.docker import DockerBackend
-from harbor_ray.backends.docker_config import DockerBackendConfig
-from harbor_ray.images import BUSYBOX_IMAGE
+from harbor_ray.backends.docker.backend import DockerBackend
+from harbor_ray.backends.docker.config import DockerBackendConfig
+from harbor_ray.backends.images import BUSYBOX_IMAGE
 from harbor_ray.reaper import reap
+from harbor_ray.sandbox import Sandbox, actor_class
 
 from .conftest import all_gone, busybox, eventually, ours
 

@@ -12,11 +12,11 @@ import pytest
 import ray
 
 from harbor_ray import labels as L
-from harbor_ray.actor import Sandbox, actor_class
 from harbor_ray.backends.base import SandboxSpec
-from harbor_ray.backends.docker_config import DockerBackendConfig
+from harbor_ray.backends.docker.config import DockerBackendConfig
+from harbor_ray.backends.images import BASE_IMAGE, BUSYBOX_IMAGE
 from harbor_ray.errors import ExecTimeout, SandboxGone, SandboxStartError
-from harbor_ray.images import BASE_IMAGE, BUSYBOX_IMAGE
+from harbor_ray.sandbox import Sandbox, actor_class
 
 pytestmark = [pytest.mark.ray, pytest.mark.docker]
 

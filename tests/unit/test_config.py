@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harbor_ray.backends.docker_config import DockerBackendConfig
-from harbor_ray.backends.k8s_config import K8sBackendConfig
+from harbor_ray.backends.docker.config import DockerBackendConfig
+from harbor_ray.backends.kubernetes.config import K8sBackendConfig
 from harbor_ray.config import Config, load_config
 from harbor_ray.errors import ConfigError
 

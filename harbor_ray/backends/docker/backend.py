@@ -1,0 +1,312 @@
+"""The Docker backend: one container per sandbox, on the local daemon or a remote one over TLS.
+
+Everything goes through the docker SDK. Containers are hardened (caps dropped, no new privileges,
+pids/memory/cpu limits, no network unless asked), labeled, and auto-removed when PID 1 (a `sleep`
+of the TTL) ends, so a sandbox outlives every process of ours by at most its TTL.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import logging
+import os
+import ssl
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harbor_ray import labels as L
+from harbor_ray.backends import transfer
+from harbor_ray.backends.base import ExecResult, SandboxHandle, SandboxSpec
+from harbor_ray.backends.docker import exec as X
+from harbor_ray.backends.docker.config import DockerBackendConfig
+from harbor_ray.backends.docker.endpoint import check_docker_host, connection_error, first_line, make_client
+from harbor_ray.backends.images import KeyedLocks, env_image_tag
+from harbor_ray.errors import HarborRayError, ImageBuildError, SandboxGone, SandboxStartError, TransferError
+
+if TYPE_CHECKING:
+    import docker
+
+log = logging.getLogger(__name__)
+
+_BUILD_LOCKS = KeyedLocks()
+_LOG_TAIL_LINES = 15
+
+
+def _typed_connection_errors[F: Callable[..., Any]](method: F) -> F:
+    """A lost connection mid-call (daemon gone, network dropped) becomes BackendUnavailable, one line."""
+
+    @functools.wraps(method)
+    def wrapper(self: DockerBackend, *args: Any, **kwargs: Any) -> Any:
+        import requests
+
+        try:
+            return method(self, *args, **kwargs)
+        except HarborRayError:
+            raise
+        except (requests.ConnectionError, requests.Timeout, ConnectionError, ssl.SSLError) as e:
+            raise self._unavailable(e) from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+class DockerBackend:
+    """Sandboxes as containers of one Docker daemon.
+
+    >>> backend = DockerBackend(DockerBackendConfig())   # the local daemon
+    >>> backend.ping()  # doctest: +SKIP
+    '20.10.24+dfsg1'
+    """
+
+    kind = "docker"
+
+    def __init__(self, config: DockerBackendConfig | None = None, *, output_limit_bytes: int = 1_000_000) -> None:
+        self.config = config or DockerBackendConfig()
+        self.endpoint = check_docker_host(self.config)
+        self.output_limit_bytes = output_limit_bytes
+        self._client: docker.DockerClient | None = None
+
+    # -- connection -------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            self._client = make_client(self.config)
+        return self._client
+
+    def _unavailable(self, e: BaseException) -> HarborRayError:
+        return connection_error(self.endpoint, e)
+
+    @_typed_connection_errors
+    def ping(self) -> str:
+        import docker.errors
+        import requests
+
+        try:
+            self.client.ping()
+            return str(self.client.version()["Version"])
+        except (docker.errors.DockerException, requests.RequestException, OSError) as e:
+            raise self._unavailable(e) from e
+
+    # -- images -----------------------------------------------------------------------------------
+
+    @_typed_connection_errors
+    def ensure_image(self, spec: SandboxSpec) -> str:
+        import docker.errors
+
+        if not spec.build_context:
+            if not spec.image:
+                msg = "sandbox spec: give an image or a build_context (a directory with a Dockerfile)"
+                raise SandboxStartError(msg)
+            try:
+                self.client.images.get(spec.image)
+            except docker.errors.ImageNotFound as e:
+                where = self.endpoint.url
+                msg = f"image {spec.image}: not on the daemon at {where} and nothing can be pulled; build it"
+                raise SandboxStartError(msg) from e
+            return spec.image
+        tag = env_image_tag(spec.build_context)
+        with _BUILD_LOCKS.hold(f"{self.endpoint.url}|{tag}"):
+            if not spec.force_build and self._has_image(tag):
+                return tag
+            self._build(spec, tag)
+        return tag
+
+    def _has_image(self, tag: str) -> bool:
+        return self._image_id(tag) is not None
+
+    def _build(self, spec: SandboxSpec, tag: str) -> None:
+        import docker.errors
+
+        lines: list[str] = []
+        image_labels = {L.RUN: spec.run_label, L.KIND: "image", L.CREATED: str(int(time.time()))}
+        replaced = self._image_id(tag)  # a forced rebuild leaves the old image untagged: remove it after
+        started = time.monotonic()
+        try:
+            for chunk in self.client.api.build(
+                path=str(spec.build_context),
+                tag=tag,
+                labels=image_labels,
+                rm=True,
+                forcerm=True,
+                pull=False,
+                decode=True,
+                timeout=int(self.config.build_timeout_s),
+            ):
+                if "stream" in chunk:
+                    lines.extend(chunk["stream"].splitlines())
+                if "error" in chunk:
+                    lines.append(chunk["error"])
+                    tail = " | ".join(line.strip() for line in lines[-_LOG_TAIL_LINES:] if line.strip())
+                    msg = f"build of {spec.build_context} failed: {tail}"
+                    raise ImageBuildError(msg)
+        except docker.errors.APIError as e:
+            msg = f"build of {spec.build_context} failed: {first_line(e)}"
+            raise ImageBuildError(msg) from e
+        log.info("built %s from %s in %.1fs", tag, spec.build_context, time.monotonic() - started)
+        if replaced and replaced != self._image_id(tag):
+            try:
+                self.client.api.remove_image(replaced, noprune=False)
+            except docker.errors.APIError as e:  # still used by a running sandbox: it goes with the next clean
+                log.debug("kept replaced image %s: %s", replaced[:19], first_line(e))
+
+    def _image_id(self, tag: str) -> str | None:
+        import docker.errors
+
+        try:
+            return str(self.client.api.inspect_image(tag)["Id"])
+        except docker.errors.ImageNotFound:
+            return None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    @_typed_connection_errors
+    def create(self, spec: SandboxSpec, image: str) -> SandboxHandle:
+        import docker.errors
+        import requests
+
+        name = f"{spec.run_label}-{uuid.uuid4().hex[:10]}"
+        labels = L.sandbox_labels(
+            spec.run_label, pool=spec.pool, owner=spec.owner or L.current_owner(), ttl_s=spec.ttl_s
+        ) | dict(spec.labels)
+        kwargs: dict[str, Any] = {
+            "name": name,
+            "hostname": name[:63],
+            "labels": labels,
+            "entrypoint": ["sleep"],
+            "command": [str(int(spec.ttl_s))],
+            "auto_remove": True,  # when PID 1's TTL runs out, the container goes too
+            "init": True,  # a real PID 1 that reaps zombies and forwards signals
+            "nano_cpus": int(spec.cpus * 1e9),
+            "mem_limit": f"{spec.memory_mb}m",
+            "memswap_limit": f"{spec.memory_mb}m",
+            "pids_limit": spec.pids_limit,
+            "cap_drop": ["ALL"],
+            "cap_add": list(spec.cap_add),
+            "security_opt": ["no-new-privileges"] if spec.no_new_privileges else [],
+            "privileged": False,
+            "read_only": spec.read_only_root,
+            "working_dir": spec.workdir or "/",
+            "environment": dict(spec.env),
+        }
+        if spec.read_only_root:
+            kwargs["tmpfs"] = {"/tmp": "rw,exec,size=512m"}
+        if spec.network:
+            kwargs["network_mode"] = "bridge"
+        else:
+            kwargs["network_mode"] = "none"
+        try:
+            # create + start, not run(): run() would try to pull a missing image from a registry.
+            container = self.client.containers.create(image, **kwargs)
+            container.start()
+        except docker.errors.ImageNotFound as e:
+            msg = f"image {image}: not on the daemon at {self.endpoint.url}; build it first (ensure_image)"
+            raise SandboxStartError(msg) from e
+        except (requests.ConnectionError, docker.errors.DockerException) as e:
+            self._remove_quietly(name)
+            if isinstance(e, requests.ConnectionError):
+                raise self._unavailable(e) from e
+            msg = f"container {name} from {image} did not start: {first_line(e)}"
+            raise SandboxStartError(msg) from e
+        return SandboxHandle("docker", container.id, name, self.endpoint.url, image, labels)
+
+    @_typed_connection_errors
+    def destroy(self, handle: SandboxHandle) -> None:
+        self._remove_quietly(handle.id)
+
+    def _remove_quietly(self, ref: str) -> None:
+        import docker.errors
+
+        try:
+            self.client.api.remove_container(ref, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as e:
+            if e.status_code != 409:
+                raise self._unavailable(e) from e
+            # 409: removal (auto-remove) already in progress; return only once the container is gone.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    self.client.api.inspect_container(ref)
+                except docker.errors.NotFound:
+                    return
+                time.sleep(0.1)
+
+    @_typed_connection_errors
+    def list(self, labels: dict[str, str]) -> list[SandboxHandle]:
+        found = self.client.containers.list(all=True, filters={"label": [f"{k}={v}" for k, v in labels.items()]})
+        return [
+            SandboxHandle("docker", c.id, c.name, self.endpoint.url, (c.image.tags or [c.image.id])[0], c.labels)
+            for c in found
+        ]
+
+    # -- exec -------------------------------------------------------------------------------------
+
+    @_typed_connection_errors
+    def exec(
+        self,
+        handle: SandboxHandle,
+        cmd: str | builtins.list[str],
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout_s: float | None = None,
+        user: str | None = None,
+    ) -> ExecResult:
+        return X.run(
+            self.client.api,
+            self.endpoint,
+            handle,
+            cmd,
+            cwd=cwd,
+            env=env,
+            timeout_s=timeout_s,
+            user=user,
+            limit=self.output_limit_bytes,
+        )
+
+    # -- files ------------------------------------------------------------------------------------
+
+    @_typed_connection_errors
+    def upload(self, handle: SandboxHandle, local_path: str, remote_path: str) -> None:
+        archive, _ = transfer.pack_for_target(local_path, remote_path)
+        gone = SandboxGone(f"sandbox {handle.name}: the container is gone")
+        with archive, _archive_errors(gone, f"upload to {handle.name}:{remote_path} failed"):
+            ok = self.client.api.put_archive(handle.id, "/", archive.read())
+        if not ok:
+            msg = f"upload to {handle.name}:{remote_path} was refused by the daemon"
+            raise TransferError(msg)
+
+    @_typed_connection_errors
+    def download(self, handle: SandboxHandle, remote_path: str, local_path: str) -> None:
+        missing = TransferError(f"download: {handle.name}:{remote_path} does not exist")
+        with _archive_errors(missing, f"download from {handle.name}:{remote_path} failed"):
+            stream, stat = self.client.api.get_archive(handle.id, remote_path)
+        dest = Path(local_path)
+        with tempfile.TemporaryDirectory(prefix="harbor-ray-dl-") as tmp:
+            archive = Path(tmp) / "a.tar"
+            with archive.open("wb") as f:
+                for chunk in stream:
+                    f.write(chunk)
+            transfer.unpack_member(archive, stat["name"], dest)
+        os.utime(dest)
+
+
+@contextmanager
+def _archive_errors(not_found: HarborRayError, failed: str) -> Iterator[None]:
+    """An archive call's 404 becomes `not_found`, any other API error a TransferError `failed: <why>`."""
+    import docker.errors
+
+    try:
+        yield
+    except docker.errors.NotFound as e:
+        raise not_found from e
+    except docker.errors.APIError as e:
+        msg = f"{failed}: {first_line(e)}"
+        raise TransferError(msg) from e

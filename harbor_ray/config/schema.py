@@ -1,0 +1,244 @@
+"""The structured configs (OmegaConf dataclasses) of a run, their documented keys, and the checks on their values.
+
+Every error is a `ConfigError` whose one line names the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints
+
+from harbor_ray.backends import BackendConfig
+from harbor_ray.backends.base import DEFAULT_CAP_ADD
+from harbor_ray.backends.docker.config import DockerBackendConfig
+from harbor_ray.errors import ConfigError
+from harbor_ray.labels import check_prefix
+
+DEFAULT_ENVIRONMENT = "harbor_ray.harbor.environment:RayEnvironment"
+
+
+@dataclass
+class SandboxConfig:
+    """Limits and hardening applied to every sandbox (a task's task.toml may lower cpus and memory).
+
+    Attributes:
+        cpus: CPUs per sandbox.
+        memory_mb: memory per sandbox (MiB), swap included.
+        pids_limit: processes per sandbox.
+        network: give every sandbox network; otherwise only tasks whose task.toml allows internet get it.
+        exec_timeout_s: the longest one command may run.
+        output_limit_bytes: stdout/stderr kept per command; the rest is dropped with a note.
+        ttl_s: the backstop: a sandbox's PID 1 lives at most this long, whatever happens to us.
+        cap_add: Linux capabilities kept after dropping all.
+        read_only_root: a read-only root filesystem (with a writable /tmp).
+        no_new_privileges: processes cannot gain privileges (setuid binaries).
+    """
+
+    cpus: float = 1.0
+    memory_mb: int = 2048
+    pids_limit: int = 512
+    network: bool = False
+    exec_timeout_s: float = 600.0
+    output_limit_bytes: int = 1_000_000
+    ttl_s: int = 3600
+    cap_add: list[str] = field(default_factory=lambda: list(DEFAULT_CAP_ADD))
+    read_only_root: bool = False
+    no_new_privileges: bool = True
+
+
+@dataclass
+class PoolConfig:
+    """How the pool places, keeps and replaces sandboxes (see docs/pool.md).
+
+    Attributes:
+        name: the pool's name (and its named actor's, when shared).
+        namespace: the Ray namespace of the named pool actor.
+        max_sandboxes: sandboxes alive at once, over every host.
+        max_concurrent_creates: sandbox creations in flight at once, over every host.
+        warm_per_image: started sandboxes kept ready per recently leased image.
+        start_retries: further tries of a failed start, on another host when there is one.
+        sandbox_resource: a custom Ray resource every sandbox actor asks one unit of, e.g. sandbox_slot.
+        prestart_actors: idle sandbox actor processes kept ahead of demand.
+        hosts: Docker daemons and their slots, [{name, url ("" = the node's local daemon), node_labels,
+            slots, max_concurrent_creates}]; empty -> one host from `backend` (or one per Ray node offering
+            sandbox_resource).
+        node_labels: Ray node labels every sandbox actor requires.
+        actor_cpus: CPUs each sandbox actor reserves in Ray (never a GPU).
+        start_timeout_s: actor scheduling plus sandbox start (a build adds backend.build_timeout_s).
+        circuit_failures: start failures in a row that pause a host.
+        circuit_reset_s: how long a paused host gets no creations before one trial.
+        health_interval_s: background health checks of warm sandboxes (0: only at hand-out).
+        reap_interval_s: how often orphaned sandboxes are looked for (0: only at pool start).
+        shared: `SandboxPool.from_config` uses one named pool actor for the whole Ray cluster.
+    """
+
+    name: str = "harbor-ray"
+    namespace: str = "harbor_ray"
+    max_sandboxes: int = 16
+    max_concurrent_creates: int = 4
+    warm_per_image: int = 0
+    start_retries: int = 3
+    sandbox_resource: str = ""
+    prestart_actors: int = 0
+    hosts: list[dict[str, Any]] | None = None
+    node_labels: dict[str, str] | None = None
+    actor_cpus: float = 0.0
+    start_timeout_s: float = 120.0
+    circuit_failures: int = 5
+    circuit_reset_s: float = 30.0
+    health_interval_s: float = 30.0
+    reap_interval_s: float = 300.0
+    shared: bool = True
+
+
+@dataclass
+class AgentConfig:
+    """The Harbor agent each trial runs.
+
+    Attributes:
+        name: a Harbor agent name (oracle, nop, claude-code, terminus-2, …).
+        import_path: or a custom agent class, "module:Class".
+        model_name: the model as the agent expects it, e.g. hosted_vllm/<name>.
+        kwargs: keyword arguments of the agent.
+    """
+
+    name: str = "oracle"
+    import_path: str = ""
+    model_name: str = ""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RayConfig:
+    """Which Ray the run uses.
+
+    Attributes:
+        address: "" -> start Ray in this process; "auto" -> join the running cluster; or host:port.
+        num_cpus: CPUs of a Ray started here (0: Ray decides).
+    """
+
+    address: str = ""
+    num_cpus: int = 0
+
+
+@dataclass
+class Config:
+    """Everything a run needs; every key is a Hydra override (`python -m harbor_ray config --keys` lists them).
+
+    Attributes:
+        run_label: labels everything we create, harbor-run=<run_label> (the seed's pod_name_prefix).
+        backend: where sandboxes run; select with backend=docker|docker_remote|k8s.
+        sandbox: limits and hardening of every sandbox.
+        pool: placement, warm sandboxes, retries.
+        agent: the Harbor agent of each trial.
+        ray: which Ray to use.
+        tasks: task directories, or directories of them.
+        n_concurrent: trials running at once.
+        n_attempts: trials per task.
+        jobs_dir: where job directories go.
+        job_name: the job directory's name ("" -> a timestamp).
+        environment_import_path: the Harbor environment trials use.
+        force_build: rebuild task images even when present.
+        delete: remove each trial's sandbox at its end (false keeps it until its TTL or a clean).
+        verifier_timeout_s: 0 -> the task's own [verifier] timeout.
+    """
+
+    run_label: str = "harbor-ray"
+    backend: BackendConfig = field(default_factory=DockerBackendConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    tasks: list[str] = field(default_factory=lambda: ["examples/tasks"])
+    n_concurrent: int = 4
+    n_attempts: int = 1
+    jobs_dir: str = "jobs"
+    job_name: str = ""
+    environment_import_path: str = DEFAULT_ENVIRONMENT
+    force_build: bool = False
+    delete: bool = True
+    verifier_timeout_s: float = 0.0
+
+
+def _schema() -> type:
+    """`Config` as OmegaConf can take it: OmegaConf has no unions of dataclasses, so `backend` is typed
+    apart, by its `kind` (see build_config)."""
+    hints = get_type_hints(Config)
+    fields = [
+        (
+            f.name,
+            Any if f.name == "backend" else hints[f.name],
+            dataclasses.field(default=f.default, default_factory=f.default_factory),
+        )
+        for f in dataclasses.fields(Config)
+    ]
+    return dataclasses.make_dataclass("ConfigSchema", fields)
+
+
+_CONFIG_SCHEMA = _schema()
+
+
+def require(values: dict[str, float], *, at_least: float, strictly: bool) -> None:
+    """ConfigError naming the first key whose value is below the bound (or at it, when `strictly`)."""
+    for key, value in values.items():
+        if value < at_least or (strictly and value == at_least):
+            bound = f"greater than {at_least:g}" if strictly else f"{at_least:g} or more"
+            msg = f"{key}={value}: must be {bound}"
+            raise ConfigError(msg)
+
+
+def check_section(value: Any, where: str, known: set[str], example: str = "") -> dict[str, Any]:
+    """`value` as a mapping with only `known` keys; ConfigError naming `where` (and the first bad key) otherwise."""
+    if not isinstance(value, dict):
+        msg = f"{where}: must be a mapping" + (f" like {example}" if example else "")
+        raise ConfigError(msg)
+    bad = set(value) - known
+    if bad:
+        msg = f"{where}.{sorted(bad)[0]}: unknown key; known keys: {', '.join(sorted(known))}"
+        raise ConfigError(msg)
+    return value
+
+
+_POOL_POSITIVE = ("max_sandboxes", "max_concurrent_creates", "start_timeout_s", "circuit_failures")
+_POOL_NOT_NEGATIVE = (
+    "warm_per_image",
+    "start_retries",
+    "prestart_actors",
+    "actor_cpus",
+    "circuit_reset_s",
+    "health_interval_s",
+    "reap_interval_s",
+)
+
+
+def check_pool_config(cfg: PoolConfig) -> None:
+    """Numbers of `pool.*` that must be positive (or not negative); the error names the key."""
+    require({f"pool.{k}": getattr(cfg, k) for k in _POOL_POSITIVE}, at_least=0, strictly=True)
+    require({f"pool.{k}": getattr(cfg, k) for k in _POOL_NOT_NEGATIVE}, at_least=0, strictly=False)
+
+
+def validate(cfg: Config) -> None:
+    check_prefix(cfg.run_label, "run_label")
+    require(
+        {
+            "sandbox.cpus": cfg.sandbox.cpus,
+            "sandbox.memory_mb": cfg.sandbox.memory_mb,
+            "sandbox.pids_limit": cfg.sandbox.pids_limit,
+            "sandbox.exec_timeout_s": cfg.sandbox.exec_timeout_s,
+            "sandbox.output_limit_bytes": cfg.sandbox.output_limit_bytes,
+            "sandbox.ttl_s": cfg.sandbox.ttl_s,
+            "n_concurrent": cfg.n_concurrent,
+            "n_attempts": cfg.n_attempts,
+        },
+        at_least=0,
+        strictly=True,
+    )
+    check_pool_config(cfg.pool)
+    if cfg.sandbox.memory_mb < 6:
+        msg = f"sandbox.memory_mb={cfg.sandbox.memory_mb}: Docker needs at least 6 MiB; use e.g. 2048"
+        raise ConfigError(msg)
+    if ":" not in cfg.environment_import_path:
+        msg = f"environment_import_path={cfg.environment_import_path!r}: use 'module.path:ClassName'"
+        raise ConfigError(msg)
+    cfg.backend.validate()
