@@ -189,3 +189,34 @@ def test_missing_image_is_a_start_error_and_leaves_nothing(backend: DockerBacken
     with pytest.raises(SandboxStartError, match="not on the daemon"):
         backend.create(spec, "harbor-ray/does-not-exist:1")
     assert backend.list(L.selector(run_label)) == []
+
+
+def test_list_survives_sandboxes_removed_while_listing(backend: DockerBackend, run_label: str) -> None:
+    """Other runs' sandboxes come and go on a shared daemon: a listing never fails because one went away.
+
+    (It used to inspect each listed container, and a container removed in between raised NotFound.)
+    """
+    import threading
+    import time
+
+    spec = SandboxSpec(run_label=run_label, image=BUSYBOX_IMAGE, cpus=0.1, memory_mb=32, ttl_s=120)
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            backend.destroy(backend.create(spec, BUSYBOX_IMAGE))
+
+    workers = [threading.Thread(target=churn) for _ in range(3)]
+    for w in workers:
+        w.start()
+    try:
+        seen, deadline = 0, time.monotonic() + 8
+        while time.monotonic() < deadline:
+            handles = backend.list(L.selector(run_label))
+            assert all(h.labels[L.RUN] == run_label and h.name.startswith(run_label) for h in handles)
+            seen += len(handles)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    assert seen > 0  # the listing did see the churning sandboxes

@@ -70,6 +70,21 @@ def _recv_coalesced(daemon: socket.socket, coalesce_s: float) -> bytes:
     return data
 
 
+def _close_after_alert(raw: socket.socket) -> None:
+    """Close a refused connection so the client still reads our TLS alert.
+
+    Under TLS 1.3 the client sends its request before we have checked its certificate; closing with that
+    request unread makes the kernel send a reset, which can reach the client before the alert does (it then
+    sees "connection reset" instead of "unknown ca"). Half-close, drain briefly, then close.
+    """
+    with contextlib.suppress(OSError):
+        raw.shutdown(socket.SHUT_WR)
+        raw.settimeout(2)
+        while raw.recv(CHUNK):
+            pass
+    raw.close()
+
+
 def handle(raw: socket.socket, socket_path: str, ctx: ssl.SSLContext | None, coalesce_s: float) -> None:
     client: socket.socket = raw
     try:
@@ -81,7 +96,7 @@ def handle(raw: socket.socket, socket_path: str, ctx: ssl.SSLContext | None, coa
         daemon.connect(socket_path)
     except (OSError, ssl.SSLError) as e:
         log.debug("refused or failed: %s", e)
-        raw.close()
+        _close_after_alert(raw)
         return
     upstream = threading.Thread(target=_client_to_daemon, args=(client, daemon), daemon=True)
     upstream.start()

@@ -240,11 +240,21 @@ class DockerBackend:
 
     @_typed_connection_errors
     def list(self, labels: dict[str, str]) -> list[SandboxHandle]:
-        found = self.client.containers.list(all=True, filters={"label": [f"{k}={v}" for k, v in labels.items()]})
         return [
-            SandboxHandle("docker", c.id, c.name, self.endpoint.url, (c.image.tags or [c.image.id])[0], c.labels)
-            for c in found
+            SandboxHandle("docker", c["Id"], c["Names"][0].lstrip("/"), self.endpoint.url, c["Image"], c["Labels"])
+            for c in self.containers(labels)
         ]
+
+    def containers(self, labels: dict[str, str], *, running_only: bool = False) -> builtins.list[dict[str, Any]]:
+        """The daemon's one-call listing (id, names, image, labels, state) of the containers with these labels.
+
+        One call on purpose: the SDK's `containers.list` inspects each container after listing them, and
+        on a shared daemon another run's container can go in between (NotFound).
+        """
+        filters: dict[str, Any] = {"label": [f"{k}={v}" if v else k for k, v in labels.items()]}
+        if running_only:
+            filters["status"] = "running"
+        return list(self.client.api.containers(all=not running_only, filters=filters))
 
     # -- exec -------------------------------------------------------------------------------------
 

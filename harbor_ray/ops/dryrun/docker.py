@@ -244,8 +244,8 @@ def check_probe(p: DockerProbe) -> Check:
 
 def check_slots(p: DockerProbe) -> Check:
     """Running containers carrying our run label (any run) vs backend.slots."""
-    running = p.backend.client.containers.list(filters={"label": L.RUN, "status": "running"})
-    mine = sum(c.labels.get(L.RUN) == p.cfg.run_label for c in running)
+    running = p.backend.containers({L.RUN: ""}, running_only=True)
+    mine = sum((c["Labels"] or {}).get(L.RUN) == p.cfg.run_label for c in running)
     slots = p.cfg.backend.slots
     free = slots - len(running)
     detail = f"{max(free, 0)} of backend.slots={slots} free ({len(running)} running, {mine} of {p.cfg.run_label})"
