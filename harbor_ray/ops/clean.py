@@ -49,11 +49,6 @@ def clean_sandboxes(backend: Backend | BackendConfig, prefix: str, dry_run: bool
     return sorted(h.name for h in handles)
 
 
-def clean_pods(backend: Backend | BackendConfig, prefix: str, dry_run: bool = False) -> list[str]:
-    """`clean_sandboxes`, by its Kubernetes name (the pods labeled harbor-run=<prefix>)."""
-    return clean_sandboxes(backend, prefix, dry_run)
-
-
 def clean_images(client: Any, prefix: str, dry_run: bool = False, *, allow_base: bool = False) -> list[str]:
     """Remove (or list) images labeled harbor-run=<prefix> and harbor-ray/kind=image; return their refs.
 

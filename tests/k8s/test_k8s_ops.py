@@ -13,7 +13,7 @@ from harbor_ray import labels as L
 from harbor_ray.backends.base import SandboxSpec
 from harbor_ray.backends.kubernetes.backend import KubernetesBackend
 from harbor_ray.errors import ConfigError
-from harbor_ray.ops.clean import clean_pods
+from harbor_ray.ops.clean import clean_sandboxes
 from harbor_ray.ops.dryrun.kubernetes import K8sCheck, k8s_checks
 
 pytestmark = [pytest.mark.k8s, pytest.mark.docker]
@@ -33,21 +33,21 @@ def test_clean_by_prefix_removes_ours_and_only_ours(
     unlabeled = f"decoy-{secrets.token_hex(4)}"
     k8s_cluster.create_pod(unlabeled, {"app": "not-harbor"}, BUSYBOX)
     try:
-        assert clean_pods(backend, run_label, dry_run=True) == sorted(h.name for h in ours)
+        assert clean_sandboxes(backend, run_label, dry_run=True) == sorted(h.name for h in ours)
         assert len(k8s_cluster.pods(f"{L.RUN}={run_label}")) == 2  # dry run deleted nothing
 
-        assert clean_pods(k8s_cluster.config(), run_label) == sorted(h.name for h in ours)  # from a config too
+        assert clean_sandboxes(k8s_cluster.config(), run_label) == sorted(h.name for h in ours)  # from a config too
         assert k8s_cluster.pods(f"{L.RUN}={run_label}") == []
         assert [p["metadata"]["name"] for p in k8s_cluster.pods(f"{L.RUN}={other}")] == [decoy.name]
         code, _ = k8s_cluster.request("GET", f"/api/v1/namespaces/{k8s_cluster.namespace}/pods/{unlabeled}")
         assert code == 200
-        assert clean_pods(backend, run_label) == []  # nothing left, nothing else touched
+        assert clean_sandboxes(backend, run_label) == []  # nothing left, nothing else touched
 
         for bad in ("", "*", " * ", "."):
             with pytest.raises(ConfigError, match="empty or wildcard"):
-                clean_pods(backend, bad)
+                clean_sandboxes(backend, bad)
         with pytest.raises(ConfigError, match="prefix="):
-            clean_pods(backend, "Bad_Prefix!")
+            clean_sandboxes(backend, "Bad_Prefix!")
     finally:
         backend.destroy(decoy)
         k8s_cluster.delete_pod(unlabeled)
