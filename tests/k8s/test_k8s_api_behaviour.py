@@ -96,7 +96,7 @@ def test_placement_settings_reach_the_pod(k8s_cluster: Cluster, run_label: str) 
             "apiVersion": "node.k8s.io/v1",
             "kind": "RuntimeClass",
             "metadata": {"name": f"rc-{run_label}"},
-            "handler": "runc",
+            "handler": "docker",  # the only handler a dockershim (real) kubelet runs
         },
     )
     assert code == 201, body

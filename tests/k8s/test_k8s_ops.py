@@ -58,7 +58,7 @@ def test_clean_by_prefix_removes_ours_and_only_ours(
 def _by_name(checks: list[K8sCheck]) -> dict[str, K8sCheck]:
     for c in checks:
         assert isinstance(c, tuple)
-        assert len(c) == 4
+        assert len(c) == 5
     return {c.name: c for c in checks}
 
 

@@ -37,17 +37,29 @@ BASE = "harbor-ray/base:bookworm"
 KUBELET_MARKER = "harbor-ray-test/kubelet"
 
 
-def prepare_binaries() -> dict[str, str]:
-    """Run `scripts/k8s_harness.sh prepare` and return {"KUBE_APISERVER": path, "ETCD": path}."""
+CONTROL_PLANE = ("KUBE_APISERVER", "ETCD")
+REAL_NODE = (*CONTROL_PLANE, "KUBELET", "KUBE_SCHEDULER", "KUBE_CONTROLLER_MANAGER", "KUBECTL", "PAUSE_IMAGE")
+
+
+def prepare_binaries(scope: str = "control-plane") -> dict[str, str]:
+    """Run `scripts/k8s_harness.sh prepare <scope>` and return its NAME=path lines as a dict.
+
+    control-plane: etcd + kube-apiserver (the test-kubelet tier); all: also the real node's binaries,
+    kubectl and the pause image.
+    """
     r = subprocess.run(
-        [str(ROOT / "scripts" / "k8s_harness.sh"), "prepare"], capture_output=True, text=True, timeout=3600, check=False
+        [str(ROOT / "scripts" / "k8s_harness.sh"), "prepare", scope],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
     )
     if r.returncode != 0:
         msg = f"scripts/k8s_harness.sh prepare failed ({r.returncode}):\n{r.stderr[-3000:]}"
         raise HarnessError(msg)
     env = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
-    for key in ("KUBE_APISERVER", "ETCD"):
-        if not os.access(env.get(key, ""), os.X_OK):
+    for key in REAL_NODE if scope == "all" else CONTROL_PLANE:
+        if key != "PAUSE_IMAGE" and not os.access(env.get(key, ""), os.X_OK):
             msg = f"scripts/k8s_harness.sh prepare gave no executable {key}: {r.stdout!r}"
             raise HarnessError(msg)
     return env
@@ -82,6 +94,7 @@ class Cluster:
     node: str
     workdir: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    real: bool = False  # a real kubelet (support/real_node.py), not the test kubelet
 
     def config(self, **kw: Any) -> K8sBackendConfig:
         base: dict[str, Any] = {
@@ -160,8 +173,11 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def running_cluster(workdir: Path, binaries: dict[str, str]) -> Iterator[Cluster]:
-    """Start etcd, kube-apiserver and the test kubelet in workdir; stop them and remove the kubelet's containers."""
+def running_cluster(workdir: Path, binaries: dict[str, str], *, hollow: bool = False) -> Iterator[Cluster]:
+    """Start etcd, kube-apiserver and the test kubelet in workdir; stop them and remove the kubelet's containers.
+
+    hollow: the kubelet runs no containers and reports every pod Running at once (a hollow node).
+    """
     import docker
 
     wd = workdir
@@ -265,6 +281,7 @@ def running_cluster(workdir: Path, binaries: dict[str, str]) -> Iterator[Cluster
                 node,
                 "--ready-file",
                 str(wd / "kubelet.ready"),
+                *(["--hollow"] if hollow else []),
             ],
         )
         wait_ready("test kubelet", lambda: (wd / "kubelet.ready").exists(), 60, kubelet, logs["kubelet"])
@@ -373,18 +390,46 @@ def faulty_proxy(cluster: Cluster, fault: Callable[[str, str], tuple[str, int] |
         thread.join(10)
 
 
+def sandbox_container(client: Any, pod_name: str, running: bool = True) -> Any:
+    """The Docker container of a pod's sandbox container, as either kubelet names it (io.kubernetes.* labels)."""
+    found = client.containers.list(
+        all=not running,
+        filters={"label": [f"io.kubernetes.pod.name={pod_name}", "io.kubernetes.container.name=sandbox"]},
+    )
+    assert len(found) == 1, f"containers of pod {pod_name}: {[c.name for c in found]}"
+    return found[0]
+
+
+def leftovers(cluster: Cluster, client: Any, label: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Pods labeled harbor-run=<label>, and containers of such pods that still count as left behind.
+
+    A container counts while it runs; an exited one only when no dockershim kubelet will collect it. A
+    real kubelet stops a deleted pod's containers and leaves them (and the pause container, the only one
+    that carries the pod's labels) to its container GC, once a minute: they hold no process and no
+    resources, and the real-node harness removes its own at teardown. The test kubelet removes its
+    containers itself, so on its node an exited container is a leak.
+    """
+    from harbor_ray import labels as L
+
+    pods = cluster.pods(f"{L.RUN}={label}")
+    seen: dict[str, dict[str, Any]] = {}
+    for c in client.api.containers(all=True, filters={"label": f"{L.RUN}={label}"}):  # no inspect: no race
+        seen[c["Id"]] = c
+    for c in client.api.containers(all=True, filters={"label": f"io.kubernetes.pod.namespace={cluster.namespace}"}):
+        if (c.get("Labels") or {}).get("io.kubernetes.pod.name", "").startswith(f"{label}-"):
+            seen[c["Id"]] = c
+    left = [c for c in seen.values() if c["State"] == "running" or "io.kubernetes.docker.type" not in c["Labels"]]
+    return pods, left
+
+
 def assert_nothing_left(cluster: Cluster, client: Any, label: str, test: str) -> None:
-    """Fail the test if a pod or container labeled harbor-run=<label> remains (after removing them)."""
+    """Fail the test if a pod labeled harbor-run=<label>, or a container of one, remains (see `leftovers`)."""
     import docker
     import pytest
 
-    from harbor_ray import labels as L
-
-    selector = f"{L.RUN}={label}"
-    deadline = time.monotonic() + 15  # the kubelet removes a deleted pod's container asynchronously
+    deadline = time.monotonic() + 15  # either kubelet stops a deleted pod's containers asynchronously
     while True:
-        pods = cluster.pods(selector)
-        containers = client.api.containers(all=True, filters={"label": selector})  # no inspect: no race
+        pods, containers = leftovers(cluster, client, label)
         if (not pods and not containers) or time.monotonic() > deadline:
             break
         time.sleep(0.2)

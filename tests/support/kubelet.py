@@ -7,7 +7,8 @@ ErrImageNeverPull / ImagePullBackOff), reports status, enforces activeDeadlineSe
 container when the pod is deleted, and serves `/exec/...` over the websocket protocol
 (v5/v4.channel.k8s.io) with a real `docker exec`.
 
-Every container it makes carries the pod's labels plus `harbor-ray-test/kubelet=<node name>`.
+Every container it makes carries the pod's labels plus `harbor-ray-test/kubelet=<node name>`, and the
+pids limit a real kubelet's podPidsLimit would give the pod (also served on `/configz`, as a real one does).
 
     python tests/support/kubelet.py --api https://127.0.0.1:6443 --token-file T --ca CA --cert C --key K --port P
 """
@@ -35,6 +36,7 @@ from aiohttp import WSMsgType, web
 from harbor_ray.backends.docker.exec import ExecFrames
 
 MARKER = "harbor-ray-test/kubelet"
+POD_PIDS_LIMIT = 512  # as a real kubelet's podPidsLimit (support/real_node.py); served on /configz
 log = logging.getLogger("test-kubelet")
 
 _SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
@@ -75,8 +77,11 @@ class PodState:
 
 
 class Kubelet:
-    def __init__(self, api: str, token: str, ca: str, node: str, port: int, cert: str, key: str) -> None:
+    def __init__(
+        self, api: str, token: str, ca: str, node: str, port: int, cert: str, key: str, hollow: bool = False
+    ) -> None:
         self.api, self.token, self.node, self.port = api.rstrip("/"), token, node, port
+        self.hollow = hollow  # report pods Running without running containers (for API-scale benches)
         self.client_ssl = ssl.create_default_context(cafile=ca)
         self.server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.server_ssl.load_cert_chain(cert, key)
@@ -241,7 +246,8 @@ class Kubelet:
                                 "status": "False",
                                 "reason": "Unschedulable",
                                 "lastTransitionTime": now(),
-                                "message": "0/1 nodes are available: 1 node(s) didn't match node selector.",
+                                # the 1.20 scheduler's wording
+                                "message": "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity.",
                             }
                         ],
                     },
@@ -270,7 +276,7 @@ class Kubelet:
             st.timers.append(asyncio.get_running_loop().call_later(float(ads), lambda: self.spawn(self.deadline(st))))
         image, policy = c["image"], c.get("imagePullPolicy", "IfNotPresent")
         backoff = False
-        while not await asyncio.to_thread(self.has_image, image):
+        while not self.hollow and not await asyncio.to_thread(self.has_image, image):
             if st.deleting or st.terminal:
                 return
             if policy == "Never":
@@ -285,7 +291,7 @@ class Kubelet:
         if st.deleting or st.terminal:
             return
         try:
-            cid, ip = await asyncio.to_thread(self.run_container, pod)
+            cid, ip = ("", "127.0.0.1") if self.hollow else await asyncio.to_thread(self.run_container, pod)
         except ConfigInvalid as e:
             await self.patch_status(st, self.pending_status(st, c, "CreateContainerConfigError", str(e)))
             return
@@ -444,7 +450,7 @@ class Kubelet:
             "name": f"k8s_{c['name']}_{meta['name']}_{meta['namespace']}_{meta['uid'][:8]}",
             "labels": labels,
             "detach": True,
-            "pids_limit": 1024,
+            "pids_limit": POD_PIDS_LIMIT,
             "environment": {e["name"]: e.get("value", "") for e in c.get("env") or []},
             "cap_drop": caps.get("drop") or None,
             "cap_add": caps.get("add") or None,
@@ -606,6 +612,9 @@ class Kubelet:
         app.router.add_route("*", "/exec/{ns}/{pod}/{container}", self.exec_handler)
         app.router.add_route("*", "/exec/{ns}/{pod}/{uid}/{container}", self.exec_handler)
         app.router.add_get("/healthz", lambda _r: web.Response(text="ok"))
+        app.router.add_get(
+            "/configz", lambda _r: web.json_response({"kubeletconfig": {"podPidsLimit": POD_PIDS_LIMIT}})
+        )
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", self.port, ssl_context=self.server_ssl).start()
@@ -641,11 +650,12 @@ def main() -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--node", default="harbor-ray-test-node")
     p.add_argument("--ready-file")
+    p.add_argument("--hollow", action="store_true", help="no containers: pods are reported Running at once")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     with open(a.token_file) as f:
         token = f.read().strip()
-    kubelet = Kubelet(a.api, token, a.ca, a.node, a.port, a.cert, a.key)
+    kubelet = Kubelet(a.api, token, a.ca, a.node, a.port, a.cert, a.key, hollow=a.hollow)
 
     async def amain() -> None:
         loop = asyncio.get_running_loop()

@@ -22,6 +22,9 @@ def pod_manifest(
 ) -> dict[str, Any]:
     """The pod of one sandbox: labeled, unprivileged, resource-bounded, living at most the TTL."""
     quantity = {"cpu": f"{max(1, round(spec.cpus * 1000))}m", "memory": f"{spec.memory_mb}Mi"}
+    if spec.storage_mb:
+        quantity["ephemeral-storage"] = f"{spec.storage_mb}Mi"
+    limits = dict(quantity) | ({"nvidia.com/gpu": str(spec.gpus)} if spec.gpus else {})
     security: dict[str, Any] = {
         "allowPrivilegeEscalation": not spec.no_new_privileges,
         "privileged": False,
@@ -34,10 +37,10 @@ def pod_manifest(
         "name": CONTAINER,
         "image": image,
         "imagePullPolicy": config.image_pull_policy,
-        "command": ["sleep", str(int(spec.ttl_s))],  # PID 1 lives at most the TTL
-        "workingDir": spec.workdir or "/",
+        # args, not command: the image's ENTRYPOINT stays, as Harbor's Docker environment keeps it
+        "args": ["sleep", str(int(spec.ttl_s))],
         "env": [{"name": k, "value": v} for k, v in spec.env],
-        "resources": {"requests": dict(quantity), "limits": dict(quantity)},
+        "resources": {"requests": dict(quantity), "limits": limits},
         "securityContext": security,
     }
     pod_spec: dict[str, Any] = {
@@ -46,8 +49,13 @@ def pod_manifest(
         "terminationGracePeriodSeconds": 5,
         "automountServiceAccountToken": False,  # the sandbox gets no API credentials
         "enableServiceLinks": False,
+        # The pause container is PID 1 of the pod and reaps orphans (as the Docker backend's init does);
+        # with `sleep` as PID 1 they stay zombies, and under the node's pids limit they end the sandbox.
+        "shareProcessNamespace": True,
         "containers": [container],
     }
+    if spec.workdir:  # else the image's WORKDIR
+        container["workingDir"] = spec.workdir
     if spec.read_only_root:
         container["volumeMounts"] = [{"name": "tmp", "mountPath": "/tmp"}]
         pod_spec["volumes"] = [{"name": "tmp", "emptyDir": {"sizeLimit": "512Mi"}}]
@@ -92,7 +100,8 @@ def describe(pod: Any, events: list[Any] = ()) -> str:  # type: ignore[assignmen
         if cs.state and cs.state.terminated:
             t = cs.state.terminated
             parts.append(f"container {cs.name} exited {t.exit_code} ({t.reason or ''})")
-    parts += [f"event {e.reason}: {e.message}" for e in events if e.type == "Warning"][-2:]
+    warnings = dict.fromkeys(f"event {e.reason}: {e.message}" for e in events if e.type == "Warning")
+    parts += list(warnings)[-2:]  # a repeated event once
     return "; ".join(p.replace("\n", " ") for p in parts)
 
 

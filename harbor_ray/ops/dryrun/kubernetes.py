@@ -39,16 +39,23 @@ NEEDED_PERMISSIONS = (
 
 
 class K8sCheck(NamedTuple):
-    """One preflight line: what was checked, whether it passed, what was seen, and how to fix it."""
+    """One preflight line: what was checked, whether it passed, what was seen, and how to fix it.
+
+    A line that did not pass is a failure, or with `warning` a warning (the run works, less bounded).
+    """
 
     name: str
     ok: bool
     detail: str
     fix: str = ""
+    warning: bool = False
 
 
-def k8s_checks(config: K8sBackendConfig, *, probe_image: str | None = None) -> list[K8sCheck]:
-    """Preflight for the Kubernetes backend. With probe_image, also start a labeled throwaway pod."""
+def k8s_checks(
+    config: K8sBackendConfig, *, probe_image: str | None = None, pids_limit: int | None = None
+) -> list[K8sCheck]:
+    """Preflight for the Kubernetes backend. With probe_image, also start a labeled throwaway pod; with
+    pids_limit (the sandbox's), also say what bounds a pod's processes on the nodes pods can land on."""
     where = "in-cluster config" if config.in_cluster else f"kubeconfig {config.kubeconfig or '(default)'}"
     try:
         backend = cast("KubernetesBackend", make_backend(config))
@@ -65,7 +72,10 @@ def k8s_checks(config: K8sBackendConfig, *, probe_image: str | None = None) -> l
     if not lines[-1].ok:
         return lines
     lines.append(_check_permissions(backend))
-    if probe_image and lines[-1].ok:
+    permitted = lines[-1].ok
+    if pids_limit is not None:
+        lines.append(_check_pids_limit(backend, pids_limit))
+    if probe_image and permitted:
         lines.append(_check_probe(backend, probe_image))
     return lines
 
@@ -117,6 +127,43 @@ def _check_permissions(backend: KubernetesBackend) -> K8sCheck:
     return K8sCheck("k8s permissions", True, f"pods and pods/exec allowed in {backend.namespace}")
 
 
+def _check_pids_limit(backend: KubernetesBackend, pids_limit: int) -> K8sCheck:
+    """What bounds a pod's processes: a 1.20+ pod spec has no pids field, so only the kubelet's
+    podPidsLimit (one value per node, read from its /configz through the API) can enforce sandbox.pids_limit."""
+    import json
+
+    from kubernetes import client
+
+    name = "k8s pids limit"
+    what = f"sandbox.pids_limit={pids_limit} has no pod field; each node's kubelet podPidsLimit bounds a pod"
+    fix = "set podPidsLimit in the kubelet config of the sandbox nodes (KubeletConfiguration, or --pod-max-pids)"
+    core = client.CoreV1Api(backend.api_client)
+    selector = ",".join(f"{k}={v}" for k, v in backend.config.node_selector.items())
+    limits: dict[str, int] = {}
+    try:
+        nodes = backend.call(core.list_node, label_selector=selector or None).items
+        for node in nodes[:_PIDS_NODES]:
+            raw = backend.call(
+                core.connect_get_node_proxy_with_path, node.metadata.name, "configz", _preload_content=False
+            )
+            kubelet = json.loads(raw.data).get("kubeletconfig", {})
+            limits[node.metadata.name] = int(kubelet.get("podPidsLimit", -1))
+    except Exception as e:  # a namespaced user may not read nodes: say what is unknown, do not fail the run
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return K8sCheck(name, False, f"{what}; could not read it: {first[:200]}", fix + " (and check it)", True)
+    if not limits:
+        return K8sCheck(name, False, f"{what}; no node matches backend.node_selector", fix, True)
+    shown = ", ".join(f"{n}: {v if v > 0 else 'unlimited'}" for n, v in sorted(limits.items()))
+    if any(v <= 0 for v in limits.values()):
+        return K8sCheck(name, False, f"{what}; not enforced on every node ({shown})", fix, True)
+    if any(v > pids_limit for v in limits.values()):
+        return K8sCheck(name, False, f"{what}; looser than asked ({shown})", fix + f" to {pids_limit}", True)
+    return K8sCheck(name, True, f"{what}: {shown}")
+
+
+_PIDS_NODES = 8  # nodes asked for their kubelet config (a big pool's nodes share one config)
+
+
 def _check_probe(backend: KubernetesBackend, image: str) -> K8sCheck:
     spec = SandboxSpec(run_label="harbor-ray-probe", image=image, cpus=0.1, memory_mb=64, ttl_s=120)
     started = time.monotonic()
@@ -138,5 +185,6 @@ def _check_probe(backend: KubernetesBackend, image: str) -> K8sCheck:
 def checks(cfg: Config, *, pod: bool) -> list[Check]:
     """`k8s_checks` as report lines; with `pod`, also start, exec in and delete a throwaway pod."""
     assert isinstance(cfg.backend, K8sBackendConfig)
-    found = k8s_checks(cfg.backend, probe_image=BUSYBOX_IMAGE if pod else None)
-    return [Check("pass" if c.ok else "fail", c.detail, c.fix, c.name) for c in found]
+    found = k8s_checks(cfg.backend, probe_image=BUSYBOX_IMAGE if pod else None, pids_limit=cfg.sandbox.pids_limit)
+    status = {True: "pass", False: "fail"}
+    return [Check("warn" if c.warning else status[c.ok], c.detail, c.fix, c.name) for c in found]
