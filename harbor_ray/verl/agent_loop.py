@@ -15,7 +15,10 @@ but keeps the mask: the policy may have caused it.
 
 Every sample's `reward_extra_info` has the same keys (verl's batch post-processing requires it):
 `harbor_reward`, `harbor_failed`, `harbor_error`, `harbor_rewards` (all reward keys, as JSON),
-`harbor_verifier_log`, and `harbor/<key>` for each configured `reward_keys` entry (None when absent).
+`harbor_verifier_log`, `harbor/<key>` for each configured `reward_keys` entry (None when absent), and, as in
+the `harbor_trial` loop, `harbor_termination` (completed, overlong, verifier_failed, env_setup_failed,
+sandbox_lost) and `harbor_masked`. Each reason's policy (`termination_policy`, defaults in
+harbor_ray.harbor.outcome) decides reward and mask; the defaults give the behaviour described above.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import asyncio
 import functools
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput
@@ -32,10 +34,13 @@ from verl.experimental.agent_loop.tool_agent_loop import AgentData, AgentState, 
 
 from harbor_ray.backends.base import SandboxSpec
 from harbor_ray.errors import HarborRayError, SandboxStartError, TaskError
+from harbor_ray.harbor.outcome import Reason
+from harbor_ray.harbor.tail import TailKilled
 from harbor_ray.pool import Lease
 from harbor_ray.sandbox import Sandbox
+from harbor_ray.verl import tails, termination
 from harbor_ray.verl.sandboxes import harbor_config, pool_for
-from harbor_ray.verl.task import HarborTask, load_task, task_sandbox_spec
+from harbor_ray.verl.task import HarborTask, load_task, task_path, task_sandbox_spec
 from harbor_ray.verl.tool import BashSession, BashTool
 from harbor_ray.verl.verifier import VerifierOutcome, run_verifier
 
@@ -83,9 +88,11 @@ class HarborSandboxAgentLoop(ToolAgentLoop):
         reward_key: str = "reward",
         reward_keys: list[str] | tuple[str, ...] = (),
         task_root: str | None = None,
+        termination_policy: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.policy = termination.policy_table(termination_policy)
         self.harbor_cfg = harbor_config([str(o) for o in harbor_overrides or ()], harbor_config_file)
         self.command_timeout_s = float(command_timeout_s)
         self.lease_timeout_s = float(lease_timeout_s)
@@ -101,10 +108,19 @@ class HarborSandboxAgentLoop(ToolAgentLoop):
         self._session: BashSession | None = None
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
+        tail = tails.join(self.harbor_cfg)  # first, before any await (see harbor_ray.verl.tails)
+        try:
+            return await tail.run(self._episode(sampling_params, kwargs))
+        except TailKilled as e:  # the episode was cancelled: its lease released, nothing to train on
+            return await self._unrun(sampling_params, kwargs, f"tail killed: {e}", Reason.TAIL_KILLED)
+        finally:
+            tail.finished()
+
+    async def _episode(self, sampling_params: dict[str, Any], kwargs: dict[str, Any]) -> AgentLoopOutput:
         lease: Lease | None = None
         try:
             try:
-                task = load_task(self._task_path(kwargs))
+                task = load_task(task_path(kwargs, self.task_root))
                 lease, sandbox = await self._lease(task_sandbox_spec(self.harbor_cfg, task))
             except HarborRayError as e:
                 return await self._unrun(
@@ -131,15 +147,6 @@ class HarborSandboxAgentLoop(ToolAgentLoop):
             return AgentState.TERMINATED
         return state
 
-    def _task_path(self, kwargs: dict[str, Any]) -> Path:
-        extra = kwargs.get("extra_info") or {}
-        if self.task_root and extra.get("task_rel"):
-            return Path(self.task_root) / str(extra["task_rel"])
-        if not extra.get("task_path"):
-            msg = "row has no extra_info.task_path; write the dataset with: python -m harbor_ray verl-dataset"
-            raise TaskError(msg)
-        return Path(str(extra["task_path"]))
-
     async def _lease(self, spec: SandboxSpec) -> tuple[Lease, Sandbox]:
         lease = pool_for(self.harbor_cfg).lease(spec)
         try:
@@ -156,8 +163,16 @@ class HarborSandboxAgentLoop(ToolAgentLoop):
             return self._masked(output, f"verifier: {e}")
         output.metrics.compute_score = outcome.duration_s
         score, error = self._score(outcome)
-        output.reward_score = score
-        output.extra_fields["reward_extra_info"] = self._extra(score, failed=False, error=error, outcome=outcome)
+        if error:
+            reason = Reason.VERIFIER_FAILED
+        elif len(output.response_mask) >= self.response_length:
+            reason = Reason.OVERLONG
+        else:
+            reason = Reason.COMPLETED
+        score, masked = termination.apply(output, reason, score, self.policy)
+        output.extra_fields["reward_extra_info"] = self._extra(
+            score, failed=False, error=error, outcome=outcome, reason=reason, masked=masked
+        )
         log.debug("%s: reward %s after %d turns", task.name, score, output.num_turns)
         return output
 
@@ -175,13 +190,20 @@ class HarborSandboxAgentLoop(ToolAgentLoop):
     def _masked(self, output: AgentLoopOutput, error: str) -> AgentLoopOutput:
         """Keep the tokens for the record, but train on none of them; reward 0."""
         log.warning("sample masked: %s", error)
-        output.response_mask = [0] * len(output.response_mask)
-        output.reward_score = 0.0
-        output.extra_fields["reward_extra_info"] = self._extra(0.0, failed=True, error=error)
+        score, masked = termination.apply(output, Reason.SANDBOX_LOST, 0.0, self.policy)
+        output.extra_fields["reward_extra_info"] = self._extra(
+            score, failed=True, error=error, reason=Reason.SANDBOX_LOST, masked=masked
+        )
         return output
 
-    async def _unrun(self, sampling_params: dict[str, Any], kwargs: dict[str, Any], error: str) -> AgentLoopOutput:
-        """No sandbox, so no episode: the prompt and one masked end-of-sequence token, reward 0."""
+    async def _unrun(
+        self,
+        sampling_params: dict[str, Any],
+        kwargs: dict[str, Any],
+        error: str,
+        reason: Reason = Reason.ENV_SETUP_FAILED,
+    ) -> AgentLoopOutput:
+        """No (finished) episode: the prompt and one masked end-of-sequence token, reward 0."""
         log.warning("sample not run: %s", error)
         prompt_ids = await self.ct_build_initial_tokens(list(kwargs["raw_prompt"]), tools=self.tool_schemas)
         tokenizer: Any = self.tokenizer
@@ -197,11 +219,20 @@ class HarborSandboxAgentLoop(ToolAgentLoop):
             extra_fields={
                 "turn_scores": [],
                 "tool_rewards": [],
-                "reward_extra_info": self._extra(0.0, failed=True, error=error),
+                "reward_extra_info": self._extra(0.0, failed=True, error=error, reason=reason, masked=True),
             },
         )
 
-    def _extra(self, score: float, *, failed: bool, error: str, outcome: VerifierOutcome | None = None) -> dict:
+    def _extra(
+        self,
+        score: float,
+        *,
+        failed: bool,
+        error: str,
+        reason: Reason,
+        masked: bool,
+        outcome: VerifierOutcome | None = None,
+    ) -> dict:
         rewards = outcome.rewards if outcome is not None else {}
         info: dict[str, Any] = {
             "harbor_reward": float(score),
@@ -209,6 +240,7 @@ class HarborSandboxAgentLoop(ToolAgentLoop):
             "harbor_error": error,
             "harbor_rewards": json.dumps(rewards, sort_keys=True),
             "harbor_verifier_log": outcome.log_tail if outcome is not None else "",
+            **termination.extra(reason, masked),
         }
         for key in self.reward_keys:
             info[f"harbor/{key}"] = rewards.get(key)

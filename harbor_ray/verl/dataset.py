@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 USAGE = """usage: python -m harbor_ray verl-dataset tasks=DIR[,DIR...] out=FILE.parquet [key=value ...]
 
-Write a verl RLHFDataset parquet with one row per Harbor task (agent_name=harbor_sandbox).
+Write a verl RLHFDataset parquet with one row per Harbor task.
 
 keys:
   tasks          a task directory, or a directory of tasks; several separated by commas (required)
@@ -37,14 +37,15 @@ keys:
   split          extra_info.split value (default: train)
   data_source    the data_source column (default: harbor)
   system_prompt  a system message put before each instruction (default: none)
+  agent_name     the agent loop verl runs per row: harbor_sandbox (default) or harbor_trial
 """
 
-_KEYS = {"tasks", "out", "split", "data_source", "system_prompt"}
+_KEYS = {"tasks", "out", "split", "data_source", "system_prompt", "agent_name"}
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:
     """key=value arguments; unknown or missing keys are a ConfigError naming the key."""
-    args: dict[str, str] = {"split": "train", "data_source": "harbor", "system_prompt": ""}
+    args: dict[str, str] = {"split": "train", "data_source": "harbor", "system_prompt": "", "agent_name": AGENT_NAME}
     for item in argv:
         key, sep, value = item.partition("=")
         if not sep:
@@ -65,7 +66,12 @@ def parse_args(argv: list[str]) -> dict[str, str]:
 
 
 def build_rows(
-    task_roots: list[str], *, split: str = "train", data_source: str = "harbor", system_prompt: str = ""
+    task_roots: list[str],
+    *,
+    split: str = "train",
+    data_source: str = "harbor",
+    system_prompt: str = "",
+    agent_name: str = AGENT_NAME,
 ) -> list[dict[str, Any]]:
     """One verl row per task found under the given roots, in a stable order."""
     rows: list[dict[str, Any]] = []
@@ -80,7 +86,7 @@ def build_rows(
                 {
                     "data_source": data_source,
                     "prompt": messages,
-                    "agent_name": AGENT_NAME,
+                    "agent_name": agent_name,
                     "reward_model": {"style": "harbor_verifier", "ground_truth": ""},
                     "extra_info": {
                         "index": len(rows),
@@ -109,7 +115,13 @@ def main(argv: list[str]) -> int:
         return 0
     args = parse_args(argv)
     roots = [r for r in args["tasks"].split(",") if r]
-    rows = build_rows(roots, split=args["split"], data_source=args["data_source"], system_prompt=args["system_prompt"])
+    rows = build_rows(
+        roots,
+        split=args["split"],
+        data_source=args["data_source"],
+        system_prompt=args["system_prompt"],
+        agent_name=args["agent_name"],
+    )
     path = write_parquet(rows, args["out"])
     print(f"wrote {len(rows)} rows ({len({r['extra_info']['task_name'] for r in rows})} tasks) to {path}")
     return 0

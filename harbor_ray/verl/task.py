@@ -108,3 +108,15 @@ def task_sandbox_spec(cfg: Config, task: HarborTask) -> SandboxSpec:
     if key not in _SPECS:
         _SPECS[key] = task_spec(cfg, task.path)
     return _SPECS[key]
+
+
+def task_path(row: dict[str, Any], task_root: str | None = None) -> Path:
+    """The task dir a dataset row names: `<task_root>/<extra_info.task_rel>` when `task_root` is set (nodes that
+    mount the tasks elsewhere), else `extra_info.task_path`; TaskError when the row has neither."""
+    extra = row.get("extra_info") or {}
+    if task_root and extra.get("task_rel"):
+        return Path(task_root) / str(extra["task_rel"])
+    if not extra.get("task_path"):
+        msg = "row has no extra_info.task_path; write the dataset with: python -m harbor_ray verl-dataset"
+        raise TaskError(msg)
+    return Path(str(extra["task_path"]))

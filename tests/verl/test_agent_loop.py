@@ -162,6 +162,7 @@ async def test_episodes_are_scored_by_the_harbor_verifier(tiny_model, tmp_path, 
         assert sample["info"]["harbor_reward"] == expected
         assert sample["info"]["harbor_failed"] == 0.0
         assert sample["info"]["harbor_error"] == ""
+        assert (sample["info"]["harbor_termination"], sample["info"]["harbor_masked"]) == ("completed", 0.0)
         # verl put the score on the last response token, and nowhere else.
         assert sample["rm"][sample["n"] - 1] == expected
         assert sum(sample["rm"]) == expected
@@ -211,6 +212,7 @@ async def test_sandbox_killed_mid_episode_is_a_recorded_masked_failure(
     assert sample["info"]["harbor_failed"] == 1.0
     assert sample["info"]["harbor_reward"] == 0.0
     assert sample["info"]["harbor_error"].startswith("sandbox:")
+    assert (sample["info"]["harbor_termination"], sample["info"]["harbor_masked"]) == ("sandbox_lost", 1.0)
     assert sum(sample["rm"]) == 0.0
     stats = await _pool(overrides).stats()
     assert (stats["alive"], stats["leased"], stats["released"]) == (0, 0, 1)
@@ -253,6 +255,28 @@ async def test_sandbox_that_cannot_start_is_recorded_next_to_good_samples(tiny_m
     assert (broken["n"], broken["mask"], broken["logprobs"]) == (1, [0], [0.0])
     assert broken["info"]["harbor_failed"] == 1.0
     assert "sandbox:" in broken["info"]["harbor_error"]
+    assert broken["info"]["harbor_termination"] == "env_setup_failed"
+    assert good["info"]["harbor_termination"] == "completed"
     assert broken["rm"][0] == 0.0
     assert good["info"]["harbor_reward"] == 1.0
     assert len(manager.sent) == 1, "no generation is spent on a sample without a sandbox"
+
+
+async def test_tail_kill_ends_the_straggler_masked(tiny_model, tmp_path, harbor_overrides, run_label, docker_client):
+    """Half the batch done, then a 1 s grace: the episode still running is tail_killed, masked, its lease released."""
+    slow = [tool_call("sleep 18"), tool_call("sleep 18"), tool_call("sleep 18"), "Done."]
+    manager = _manager(tiny_model, {"hello.txt": [HELLO_OK, slow]})
+    overrides = [*harbor_overrides, "tail_kill_target=0.5", "tail_kill_grace_s=1"]
+    worker = _worker(tiny_model, tmp_path, overrides, manager)
+
+    out = await worker.generate_sequences(_batch(worker, tmp_path, [TASKS / "hello-file"], repeat=2))
+
+    samples = {_sample(out, i)["info"]["harbor_termination"]: _sample(out, i) for i in range(2)}
+    assert set(samples) == {"completed", "tail_killed"}
+    assert samples["completed"]["info"]["harbor_reward"] == 1.0
+    killed = samples["tail_killed"]
+    assert (killed["info"]["harbor_masked"], set(killed["mask"]), sum(killed["rm"])) == (1.0, {0}, 0.0)
+    assert "tail killed" in killed["info"]["harbor_error"]
+    assert await _no_containers_left(docker_client, run_label) == []
+    stats = await _pool(overrides).stats()
+    assert (stats["alive"], stats["leased"]) == (0, 0)

@@ -33,27 +33,38 @@ def example_overrides(model_path: Path) -> list[str]:
 def test_agent_loop_yaml_loads_and_binds_like_verl_does(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import hydra
     from omegaconf import OmegaConf
+    from verl.experimental.agent_loop.agent_loop import AgentLoopBase
     from verl.experimental.agent_loop.tool_agent_loop import ToolAgentLoop
     from verl.utils.import_utils import resolve_config_path
 
     monkeypatch.chdir(ROOT)  # the trainer job runs in the repository (its working_dir)
     monkeypatch.delenv("HARBOR_RAY_TASK_ROOT", raising=False)
     entries = OmegaConf.load(resolve_config_path("conf/verl/agent_loop.yaml"))
-    (entry,) = entries
-    assert entry.name == "harbor_sandbox"
-    cls = hydra.utils.get_class(entry._target_)
-    assert issubclass(cls, ToolAgentLoop)
-    kwargs = {k: v for k, v in OmegaConf.to_container(entry, resolve=True).items() if k not in ("name", "_target_")}
-    assert kwargs["task_root"] is None
-    inspect.signature(cls.__init__).bind_partial(None, **kwargs)  # every key is a real keyword argument
+    assert [e.name for e in entries] == ["harbor_sandbox", "harbor_trial", "harbor_trial_claude_code"]
+    for entry in entries:
+        cls = hydra.utils.get_class(entry._target_)
+        assert issubclass(cls, ToolAgentLoop if entry.name == "harbor_sandbox" else AgentLoopBase)
+        kwargs = {k: v for k, v in OmegaConf.to_container(entry, resolve=True).items() if k not in ("name", "_target_")}
+        assert kwargs["task_root"] is None
+        inspect.signature(cls.__init__).bind_partial(None, **kwargs)  # every key is a real keyword argument
 
-    from harbor_ray.verl.sandboxes import harbor_config
+        from harbor_ray.verl.sandboxes import harbor_config
 
-    cfg = harbor_config(kwargs["harbor_overrides"])
-    assert (cfg.pool.sandbox_resource, cfg.pool.shared) == ("sandbox_slot", True)
+        cfg = harbor_config(kwargs["harbor_overrides"])
+        assert (cfg.pool.sandbox_resource, cfg.pool.shared) == ("sandbox_slot", True)
 
     monkeypatch.setenv("HARBOR_RAY_TASK_ROOT", "examples/tasks")
-    assert OmegaConf.to_container(entry, resolve=True)["task_root"] == "examples/tasks"
+    assert OmegaConf.to_container(entries[0], resolve=True)["task_root"] == "examples/tasks"
+
+
+def test_termination_policy_names_are_checked() -> None:
+    from harbor_ray.verl.termination import policy_table
+
+    assert policy_table({"agent_timeout": "mask"}) == {"agent_timeout": "mask"}
+    with pytest.raises(ValueError, match="termination_policy.timeout: unknown termination reason"):
+        policy_table({"timeout": "mask"})
+    with pytest.raises(ValueError, match="termination_policy.overlong='skip': unknown policy"):
+        policy_table({"overlong": "skip"})
 
 
 def test_example_overrides_pass_verls_own_validation(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -74,7 +85,7 @@ def test_example_overrides_pass_verls_own_validation(tiny_model: Path, monkeypat
     assert config.algorithm.adv_estimator == "grpo"
     monkeypatch.chdir(ROOT)
     names = [e.name for e in OmegaConf.load(resolve_config_path(rollout.agent.agent_loop_config_path))]
-    assert names == ["harbor_sandbox"]
+    assert rollout.agent.default_agent_loop in names
 
 
 def test_harbor_ppo_extends_verls_ppo_trainer() -> None:

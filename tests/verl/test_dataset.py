@@ -57,6 +57,14 @@ def test_dataset_arguments_fail_with_the_key_named() -> None:
         parse_args(["tasks=x", "out=y.csv"])
 
 
+def test_rows_name_the_agent_loop() -> None:
+    from harbor_ray.verl.dataset import build_rows
+
+    assert {r["agent_name"] for r in build_rows([str(TASKS)])} == {"harbor_sandbox"}
+    assert {r["agent_name"] for r in build_rows([str(TASKS)], agent_name="harbor_trial")} == {"harbor_trial"}
+    assert parse_args(["tasks=x", "out=y.parquet", "agent_name=harbor_trial"])["agent_name"] == "harbor_trial"
+
+
 def test_a_task_without_tests_fails_at_dataset_time(tmp_path: Path) -> None:
     task = tmp_path / "no-tests"
     (task / "environment").mkdir(parents=True)

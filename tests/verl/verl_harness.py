@@ -98,12 +98,12 @@ def compose_verl(overrides: list[str]) -> Any:
         return compose(config_name="harbor_ppo", overrides=overrides)
 
 
-def agent_loop_yaml(tmp_path: Path, harbor_overrides: list[str], **kwargs: Any) -> Path:
-    """The shipped conf/verl/agent_loop.yaml with this test's harbor_ray overrides (run label, pool name)."""
+def agent_loop_yaml(tmp_path: Path, harbor_overrides: list[str], name: str = "harbor_sandbox", **kwargs: Any) -> Path:
+    """The shipped conf/verl/agent_loop.yaml with this test's harbor_ray overrides for loop `name`."""
     from omegaconf import OmegaConf
 
     entries = OmegaConf.load(CONF_VERL / "agent_loop.yaml")
-    entry = entries[0]
+    (entry,) = [e for e in entries if e.name == name]
     entry.harbor_overrides = harbor_overrides
     for key, value in kwargs.items():
         entry[key] = value
@@ -163,3 +163,23 @@ class ScriptedServerManager:
         log_probs = [-(turn + 1) - k / 1000 for k in range(len(ids))]
         self.sent[request_id].append((ids, log_probs))
         return TokenOutput(token_ids=ids, log_probs=log_probs if sampling_params.get("logprobs") else None)
+
+
+def gateway_backend(
+    tokenizer: Any, manager: Any, *, prompt_length: int = 2048, response_length: int = 2048, logprobs: bool = True
+) -> Any:
+    """A gateway session backend from verl's own builder and hermes tool parser, over a scripted manager."""
+    from verl.experimental.agent_loop.tool_parser import ToolParser
+    from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
+
+    from harbor_ray.verl.gateway import Backend
+
+    return Backend(
+        server_manager=manager,
+        tokenizer=tokenizer,
+        builder=create_continuous_token_builder(tokenizer, hf_model_type="qwen2"),
+        tool_parser=ToolParser.get_tool_parser("hermes", tokenizer),
+        sampling_params={"temperature": 1.0, "top_p": 1.0, "logprobs": logprobs},
+        prompt_length=prompt_length,
+        response_length=response_length,
+    )

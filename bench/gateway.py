@@ -1,0 +1,201 @@
+"""The model gateway's cost per call and its token faithfulness under load, without a GPU.
+
+    scripts/python bench/gateway.py [--calls 300] [--sessions 64] [--turns 3]
+
+Prints one JSON object:
+- `overhead_p50_ms` / `overhead_p99_ms`: a chat completion with tools through the gateway with the official
+  `openai` client (a fresh session per call, so the prompt is rendered with the chat template each time; each
+  client built beforehand, as an agent builds its client once) minus the same `server_manager.generate` awaited
+  directly, paired and interleaved (`--calls` pairs, order alternating); `engine_p50_ms`: the gateway's own work
+  per call without HTTP and client (render, generate, parse, record);
+- `sessions`: `--sessions` concurrent sessions of `--turns` tool-calling turns each through the openai client;
+  `token_faithful` is true only if every session's record is exactly its first prompt as verl renders it, then
+  the ids `generate` returned (mask 1, their log-probs) and the observations between them (mask 0).
+The server manager is a stand-in that answers instantly with fixed token ids (verl's TokenOutput), so what is
+measured is the gateway and the client, not a model. Tokenizer: the tiny byte-level BPE of tests/verl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "verl"))
+
+from verl_harness import build_tiny_model, gateway_backend, tool_call  # noqa: E402
+
+BASH = {
+    "type": "function",
+    "function": {
+        "name": "bash",
+        "description": "Run a command",
+        "parameters": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]},
+    },
+}
+
+
+class InstantManager:
+    """`generate` answering at once: a tool call for every turn but the last of a session, then a final answer."""
+
+    def __init__(self, tokenizer: Any, turns: int) -> None:
+        self.end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.call_ids = [*tokenizer.encode(tool_call("ls -la /app"), add_special_tokens=False), self.end]
+        self.done_ids = [*tokenizer.encode("Done.", add_special_tokens=False), self.end]
+        self.turns = turns
+        self.sent: dict[str, list[tuple[list[int], list[float]]]] = {}
+
+    async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict, **_: Any) -> Any:
+        from verl.workers.rollout.replica import TokenOutput
+
+        sent = self.sent.setdefault(request_id, [])
+        ids = list(self.call_ids if len(sent) < self.turns - 1 else self.done_ids)
+        logprobs = [-(len(sent) + 1) - k / 1000 for k in range(len(ids))]
+        sent.append((ids, logprobs))
+        return TokenOutput(token_ids=ids, log_probs=logprobs)
+
+
+async def overhead(gateway: Any, tokenizer: Any, calls: int) -> dict[str, float]:
+    import httpx
+    import openai
+
+    manager = InstantManager(tokenizer, turns=1)
+    backend = gateway_backend(tokenizer, manager)
+    messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "List /app"}]
+    prompt = backend.builder.build_initial_tokens(messages, tools=[BASH])
+    params = {"temperature": 1.0, "logprobs": True}
+    http = httpx.AsyncClient()
+    # As an agent does: its client is built once, before its calls (not timed); one session per call.
+    sessions = [gateway.open(backend) for _ in range(calls + 20)]
+    clients = [
+        openai.AsyncOpenAI(base_url=f"{gateway.url(s)}/v1", api_key="unused", max_retries=0, http_client=http)
+        for s in sessions
+    ]
+    deltas = []
+    for i, client in enumerate(clients):
+
+        async def direct(rid: str = f"direct-{i}") -> float:
+            t = time.perf_counter()
+            await manager.generate(rid, prompt_ids=prompt, sampling_params=params)
+            return time.perf_counter() - t
+
+        async def through(client: Any = client) -> float:
+            t = time.perf_counter()
+            await client.chat.completions.create(model="policy", messages=messages, tools=[BASH])
+            return time.perf_counter() - t
+
+        if i % 2:
+            d, g = await direct(), await through()
+        else:
+            g, d = await through(), await direct()
+        if i >= 20:  # warm-up: connection pool, template compilation
+            deltas.append((g - d) * 1000)
+    for session in sessions:
+        gateway.close(session)
+    await http.aclose()
+    deltas.sort()
+    return {
+        "overhead_p50_ms": round(statistics.median(deltas), 3),
+        "overhead_p99_ms": round(deltas[int(0.99 * (len(deltas) - 1))], 3),
+        "engine_p50_ms": await engine_only(backend, messages, calls),
+    }
+
+
+async def engine_only(backend: Any, messages: list[Any], calls: int) -> float:
+    """The gateway's own share: one call of `engine.complete` (render, generate, parse, record), no HTTP."""
+    from harbor_ray.verl.gateway import Session, engine
+
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        await engine.complete(Session(backend), engine.ChatRequest(messages, [BASH]))
+        times.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(times), 3)
+
+
+async def one_session(gateway: Any, client: Any, backend: Any, turns: int) -> bool:
+    session = gateway.open(backend)
+    api = client.with_options(base_url=f"{gateway.url(session)}/v1")
+    messages: list[Any] = [{"role": "user", "content": "List /app, please."}]
+    first = list(messages)
+    for _ in range(turns):
+        reply = await api.chat.completions.create(model="policy", messages=messages, tools=[BASH])
+        message = reply.choices[0].message
+        messages.append(message.model_dump(exclude_none=True))
+        for call in message.tool_calls or ():
+            messages.append({"role": "tool", "tool_call_id": call.id, "content": "total 0\n-rw-r--r-- 1 hello.txt"})
+        if not message.tool_calls:
+            break
+    gateway.close(session)
+    record = session.result()
+    sent = backend.server_manager.sent[session.id]
+    generated = [t for ids, _ in sent for t in ids]
+    policy = [t for t, m in zip(record.response_ids, record.response_mask, strict=True) if m]
+    logprobs = [lp for lp, m in zip(record.response_logprobs, record.response_mask, strict=True) if m]
+    context = [lp for lp, m in zip(record.response_logprobs, record.response_mask, strict=True) if not m]
+    return (
+        record.prompt_ids == backend.builder.build_initial_tokens(first, tools=[BASH])
+        and policy == generated
+        and logprobs == [lp for _, lps in sent for lp in lps]
+        and set(context) <= {0.0}
+        and record.response_ids[: len(sent[0][0])] == sent[0][0]
+        and session.rewrites == 0
+        and len(sent) == turns
+    )
+
+
+async def sessions(gateway: Any, tokenizer: Any, n: int, turns: int) -> dict[str, Any]:
+    import httpx
+    import openai
+
+    backend = gateway_backend(tokenizer, InstantManager(tokenizer, turns))
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    client = openai.AsyncOpenAI(
+        base_url=f"{gateway.base_url}/x/v1",
+        api_key="unused",
+        max_retries=0,
+        http_client=httpx.AsyncClient(limits=limits, timeout=120),
+    )
+    started = time.perf_counter()
+    results = await asyncio.gather(*(one_session(gateway, client, backend, turns) for _ in range(n)))
+    elapsed = time.perf_counter() - started
+    return {
+        "concurrent": n,
+        "turns": turns,
+        "token_faithful": all(results),
+        "faithful_sessions": sum(results),
+        "calls_per_s": round(n * turns / elapsed, 1),
+    }
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    from verl.utils import hf_tokenizer
+
+    from harbor_ray.verl.gateway import Gateway
+
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
+        tokenizer = hf_tokenizer(str(build_tiny_model(Path(tmp))))
+    gateway = await Gateway.start("127.0.0.1")
+    try:
+        result: dict[str, Any] = {"calls": args.calls, **await overhead(gateway, tokenizer, args.calls)}
+        result["sessions"] = await sessions(gateway, tokenizer, args.sessions, args.turns)
+    finally:
+        await gateway.stop()
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--sessions", type=int, default=64)
+    parser.add_argument("--turns", type=int, default=3)
+    logging.basicConfig(level=logging.WARNING)
+    print(json.dumps(asyncio.run(main(parser.parse_args()))))

@@ -1,0 +1,88 @@
+"""One model call of a session, protocol-neutral: record the prompt, `generate`, parse tool calls, record the reply.
+
+Sampling is the trainer's (`Backend.sampling_params`, what verl passed to the agent loop): the agent's own
+temperature/top_p are ignored so that rollouts stay on-policy; the agent's `max_tokens` is honoured, capped by
+what is left of the rollout's response budget. Tool calls are parsed by verl's parser for
+`multi_turn.format`, from the generated ids without their end-of-turn token.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from harbor_ray.verl.gateway import messages as M
+from harbor_ray.verl.gateway.session import ContextTooLong, Session, SessionClosed
+
+
+@dataclass
+class ChatRequest:
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None  # OpenAI function tools
+    max_tokens: int | None = None
+    parse_tools: bool = True  # False for tool_choice "none"
+
+
+@dataclass
+class Completion:
+    content: str
+    tool_calls: list[dict[str, Any]]  # canonical (messages.tool_call)
+    finish: str  # "stop" | "length" | "tool_calls"
+    prompt_tokens: int
+    completion_tokens: int
+    token_ids: list[int] = field(default_factory=list)
+    created: int = field(default_factory=lambda: int(time.time()))
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
+
+
+async def complete(session: Session, request: ChatRequest) -> Completion:
+    """Raises SessionClosed (409) or ContextTooLong (the protocol's context-length error; the session is overlong)."""
+    if not request.messages:
+        msg = "messages: at least one message is required"
+        raise M.BadRequest(msg)
+    async with session.lock:
+        if session.closed:
+            msg = f"session {session.id} is closed (its trial has ended)"
+            raise SessionClosed(msg)
+        backend = session.backend
+        session.calls += 1
+        segment = session.continue_or_start(request.messages, request.tools)
+        room = backend.response_length - segment.response_len
+        if segment.prompt_len > backend.prompt_length:
+            session.overlong = True
+            raise ContextTooLong(segment.prompt_len, backend.prompt_length)
+        if room <= 0 or session.overlong:
+            session.overlong = True
+            raise ContextTooLong(len(segment.ids), segment.prompt_len + backend.response_length)
+        max_tokens = min(request.max_tokens or room, room)
+        params = {**backend.sampling_params, "max_tokens": max_tokens}
+        if backend.tool_parser.stop_token_ids:
+            params["stop_token_ids"] = sorted(
+                set(params.get("stop_token_ids") or ()) | set(backend.tool_parser.stop_token_ids)
+            )
+        started = time.perf_counter()
+        try:
+            out = await backend.server_manager.generate(
+                request_id=session.id, prompt_ids=list(segment.ids), sampling_params=params
+            )
+        finally:
+            session.generate_s += time.perf_counter() - started
+        ids = list(out.token_ids)
+        body = list(ids)
+        stop_ids = backend.stop_ids
+        stopped = bool(body) and body[-1] in stop_ids
+        while body and body[-1] in stop_ids:
+            body.pop()
+        calls: list[dict[str, Any]] = []
+        if request.tools and request.parse_tools:
+            content, parsed = await backend.tool_parser.extract_tool_calls(body, None)
+            calls = [M.tool_call(f"call_{uuid.uuid4().hex[:16]}", c.name, c.arguments) for c in parsed]
+        else:
+            content = backend.tokenizer.decode(body, skip_special_tokens=True)
+        content = content.strip()
+        prompt_tokens = len(segment.ids)
+        session.record_generation(segment, ids, out.log_probs, M.assistant(content, calls))
+    finish = "tool_calls" if calls else ("stop" if stopped or len(ids) < max_tokens else "length")
+    return Completion(content, calls, finish, prompt_tokens, len(ids), token_ids=ids)

@@ -1,0 +1,245 @@
+"""The "gateway only" network on the real engine: the gateway answers inside the sandbox, nothing else does.
+
+A real HTTP server on the host's docker0 address stands in for the model gateway; a second one listens on
+0.0.0.0 (so on every host address) and must stay out of reach, as must the gateway's own address directly and an
+external address. Every test's labels are checked for containers (run_label fixture) and networks.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from harbor_ray import labels as L
+from harbor_ray.backends.base import SandboxHandle, SandboxSpec
+from harbor_ray.backends.docker import network as N
+from harbor_ray.backends.docker.backend import DockerBackend
+from harbor_ray.backends.egress import GATEWAY_HOSTNAME, GATEWAY_URL_ENV
+from harbor_ray.backends.images import BASE_IMAGE
+from harbor_ray.errors import ConfigError, SandboxStartError
+from harbor_ray.ops import clean
+
+pytestmark = pytest.mark.docker
+
+# Tries each (host, port) at once, 1.5 s each; prints {"host:port": "open" | the error}.
+PROBE = """
+import json, socket, sys
+from concurrent.futures import ThreadPoolExecutor
+def probe(target):
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=1.5).close()
+        return target, "open"
+    except OSError as e:
+        return target, type(e).__name__
+print(json.dumps(dict(ThreadPoolExecutor(16).map(probe, sys.argv[1:]))))
+"""
+
+
+class _Answer(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = self.server.body  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _serve(host: str, body: bytes) -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer((host, 0), _Answer)
+    server.body = body  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def backend() -> DockerBackend:
+    return DockerBackend()
+
+
+@pytest.fixture(scope="module")
+def bridge_ip(backend: DockerBackend) -> str:
+    return N.host_address(backend.client)
+
+
+@pytest.fixture(scope="module")
+def gateway_port(bridge_ip: str) -> Iterator[int]:
+    yield from _serve(bridge_ip, b"gateway-says-hi")
+
+
+@pytest.fixture(scope="module")
+def other_port() -> Iterator[int]:
+    yield from _serve("0.0.0.0", b"must-not-be-reached")
+
+
+@pytest.fixture
+def no_networks_left(backend: DockerBackend, run_label: str) -> Iterator[None]:
+    yield
+    left = backend.client.api.networks(filters={"label": f"{L.RUN}={run_label}"})
+    assert not left, f"networks labeled {L.RUN}={run_label} left: {[n['Name'] for n in left]}"
+
+
+def _host_ipv4s() -> list[str]:
+    return [a.address for addrs in psutil.net_if_addrs().values() for a in addrs if a.family == 2]
+
+
+def _spec(run_label: str, **kw: object) -> SandboxSpec:
+    return SandboxSpec(run_label=run_label, image=BASE_IMAGE, cpus=0.5, memory_mb=256, ttl_s=600, **kw)  # type: ignore[arg-type]
+
+
+def _probe(backend: DockerBackend, handle: SandboxHandle, targets: list[str]) -> dict[str, str]:
+    result = backend.exec(handle, ["python3", "-c", PROBE, *targets], timeout_s=60)
+    assert result.return_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _get(backend: DockerBackend, handle: SandboxHandle, url_expr: str) -> str:
+    code = f"import os, urllib.request; print(urllib.request.urlopen({url_expr}, timeout=10).read().decode())"
+    result = backend.exec(handle, ["python3", "-c", code], timeout_s=60)
+    assert result.return_code == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.mark.usefixtures("no_networks_left")
+def test_sandbox_reaches_the_gateway_and_nothing_else(
+    backend: DockerBackend, run_label: str, bridge_ip: str, gateway_port: int, other_port: int
+) -> None:
+    handle = backend.create(_spec(run_label, gateway=f"{bridge_ip}:{gateway_port}"), BASE_IMAGE)
+    try:
+        assert _get(backend, handle, f"os.environ[{GATEWAY_URL_ENV!r}]") == "gateway-says-hi"
+        assert _get(backend, handle, f"'http://{GATEWAY_HOSTNAME}:{gateway_port}/v1/models'") == "gateway-says-hi"
+        resolve = f"import socket; print(socket.gethostbyname({GATEWAY_HOSTNAME!r}))"
+        forwarder = backend.exec(handle, ["python3", "-c", resolve]).stdout.strip()
+        targets = [f"{ip}:{port}" for ip in _host_ipv4s() for port in (gateway_port, other_port)]
+        targets += [f"{forwarder}:{other_port}", f"{forwarder}:22", "1.1.1.1:443", "8.8.8.8:53"]
+        reached = _probe(backend, handle, targets)
+        assert set(reached) == set(targets)
+        assert {t: r for t, r in reached.items() if r == "open"} == {}
+        # the same probe does see the gateway through its name: the probe itself can succeed
+        assert _probe(backend, handle, [f"{GATEWAY_HOSTNAME}:{gateway_port}"]) == {
+            f"{GATEWAY_HOSTNAME}:{gateway_port}": "open"
+        }
+        assert [h.name for h in backend.list(L.selector(run_label))] == [handle.name]  # forwarders are not sandboxes
+        companions = backend.client.api.containers(all=True, filters={"label": f"{L.SANDBOX}={handle.name}"})
+        assert len(companions) == 1
+        assert companions[0]["Labels"][L.RUN] == run_label
+    finally:
+        backend.destroy(handle)
+    assert not backend.client.api.containers(all=True, filters={"label": f"{L.SANDBOX}={handle.name}"})
+
+
+@pytest.mark.usefixtures("no_networks_left")
+def test_default_sandbox_reaches_nothing(
+    backend: DockerBackend, run_label: str, bridge_ip: str, gateway_port: int, other_port: int
+) -> None:
+    handle = backend.create(_spec(run_label), BASE_IMAGE)
+    try:
+        assert backend.exec(handle, "ls /sys/class/net").stdout.split() == ["lo"]
+        targets = [f"{ip}:{port}" for ip in _host_ipv4s() for port in (gateway_port, other_port)]
+        assert "open" not in _probe(backend, handle, [*targets, f"{GATEWAY_HOSTNAME}:{gateway_port}"]).values()
+        assert GATEWAY_URL_ENV not in backend.exec(handle, "env").stdout
+    finally:
+        backend.destroy(handle)
+
+
+@pytest.mark.usefixtures("no_networks_left")
+def test_clean_removes_what_a_lost_sandbox_left(
+    backend: DockerBackend, run_label: str, bridge_ip: str, gateway_port: int
+) -> None:
+    handle = backend.create(_spec(run_label, gateway=f"{bridge_ip}:{gateway_port}"), BASE_IMAGE)
+    backend.client.api.remove_container(handle.id, force=True)  # the sandbox went, its companions did not
+    left = N.clean_networks(backend.client, run_label, dry_run=True)
+    assert sorted(left) == [("forwarder", f"{handle.name}-fwd0"), ("network", handle.labels[L.EGRESS_NET])]
+    assert clean.main([f"run_label={run_label}"]) == 0  # `python -m harbor_ray clean` takes them
+    assert N.clean_networks(backend.client, run_label, dry_run=True) == []
+
+
+@pytest.mark.parametrize("gateway", ["127.0.0.1:8000", "localhost:8000", "172.17.0.1", "172.17.0.1:0", ":80"])
+def test_bad_gateway_is_one_error_line_and_leaves_nothing(
+    backend: DockerBackend, run_label: str, gateway: str, no_networks_left: None
+) -> None:
+    with pytest.raises(ConfigError, match=r"^sandbox\.gateway=") as e:
+        backend.create(_spec(run_label, gateway=gateway), BASE_IMAGE)
+    assert "\n" not in str(e.value)
+
+
+def test_failed_sandbox_start_takes_its_network_away(
+    backend: DockerBackend, run_label: str, bridge_ip: str, gateway_port: int, no_networks_left: None
+) -> None:
+    # the relay and the network are made before the sandbox; a sandbox that cannot start takes them away
+    with pytest.raises(SandboxStartError, match="not on the daemon"):
+        backend.create(_spec(run_label, gateway=f"{bridge_ip}:{gateway_port}"), "harbor-ray/no-such-image:none")
+
+
+@pytest.mark.usefixtures("no_networks_left")
+def test_full_network_keeps_the_gateway_name(
+    backend: DockerBackend, run_label: str, bridge_ip: str, gateway_port: int
+) -> None:
+    handle = backend.create(_spec(run_label, network=True, gateway=f"{bridge_ip}:{gateway_port}"), BASE_IMAGE)
+    try:
+        assert L.EGRESS_NET not in handle.labels  # the default bridge: no network or forwarder of its own
+        assert _get(backend, handle, f"os.environ[{GATEWAY_URL_ENV!r}]") == "gateway-says-hi"
+    finally:
+        backend.destroy(handle)
+
+
+@pytest.mark.unit
+def test_harbor_network_policies_map_onto_the_modes() -> None:
+    from harbor.models.task.config import NetworkMode, NetworkPolicy
+
+    from harbor_ray.harbor.spec import network_from_policy
+
+    assert network_from_policy(NetworkPolicy(network_mode=NetworkMode.PUBLIC)) == (True, ())
+    assert network_from_policy(NetworkPolicy(network_mode=NetworkMode.NO_NETWORK)) == (False, ())
+    allow = NetworkPolicy(network_mode=NetworkMode.ALLOWLIST, allowed_hosts=["api.example.com", "pypi.org"])
+    assert network_from_policy(allow) == (False, ("api.example.com:443", "pypi.org:443"))
+
+
+@pytest.mark.usefixtures("no_networks_left")
+def test_egress_hostnames_are_reached_by_their_own_name(
+    backend: DockerBackend, run_label: str, bridge_ip: str, gateway_port: int, other_port: int
+) -> None:
+    # what a Harbor allowlist becomes: HOSTNAME:PORT, resolved by its forwarder (host.docker.internal: the host)
+    spec = _spec(run_label, gateway=f"{bridge_ip}:{gateway_port}", egress=(f"{N.HOST_ALIAS}:{other_port}",))
+    handle = backend.create(spec, BASE_IMAGE)
+    try:
+        assert _get(backend, handle, f"'http://{N.HOST_ALIAS}:{other_port}/'") == "must-not-be-reached"
+        assert _get(backend, handle, f"os.environ[{GATEWAY_URL_ENV!r}]") == "gateway-says-hi"
+        # each name leads to its own endpoint only: the egress name on the gateway's port reaches nothing
+        assert _probe(backend, handle, [f"{N.HOST_ALIAS}:{gateway_port}"]) != {f"{N.HOST_ALIAS}:{gateway_port}": "open"}
+    finally:
+        backend.destroy(handle)
+
+
+@pytest.mark.ray
+@pytest.mark.usefixtures("no_networks_left")
+async def test_pool_lease_carries_the_gateway_and_release_removes_its_network(
+    ray_local: None, backend: DockerBackend, run_label: str, bridge_ip: str, gateway_port: int
+) -> None:
+    from harbor_ray.backends.docker.config import DockerBackendConfig
+    from harbor_ray.config import PoolConfig
+    from harbor_ray.pool import SandboxPool
+
+    pool = SandboxPool(
+        DockerBackendConfig(), PoolConfig(name=f"pool-{run_label}", reap_interval_s=0), run_label=run_label
+    )
+    try:
+        async with pool.lease(_spec(run_label, gateway=f"{bridge_ip}:{gateway_port}")) as sandbox:
+            code = f"import os, urllib.request; print(urllib.request.urlopen(os.environ[{GATEWAY_URL_ENV!r}]).read())"
+            assert "gateway-says-hi" in (await sandbox.exec(["python3", "-c", code])).stdout
+            assert backend.client.api.networks(filters={"label": f"{L.RUN}={run_label}"})
+        assert not backend.client.api.networks(filters={"label": f"{L.RUN}={run_label}"})
+    finally:
+        await pool.shutdown()
