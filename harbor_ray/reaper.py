@@ -1,12 +1,16 @@
-"""The reaper: remove our sandboxes whose owner is gone or whose time is up, and nothing else.
+"""The reaper: remove our sandboxes whose owner is proven gone or whose time is up, and nothing else.
 
 A sandbox is ours when it carries `harbor-run=<prefix>`; it is reaped when one of these holds:
 - its TTL passed (`harbor-ray/created` + `harbor-ray/ttl` is in the past);
-- the Ray actor named by `harbor-ray/actor` is DEAD in this cluster's GCS;
-- it names no actor, and the Ray job named by `harbor-ray/owner` (`job-<hex>`) has ended in this
-  cluster's GCS (job ids repeat across clusters, so an actor id, unique, decides when present).
-An actor or job this cluster has never heard of is not taken for dead (it may belong to another
-cluster sharing the daemon); the TTL reaps those. Containers without our labels are never touched.
+- its owner (`harbor-ray/owner=<cluster>-<job>`) is of this Ray cluster, and this cluster's GCS says the
+  actor named by `harbor-ray/actor` is DEAD (or, naming no actor, that the job has ended);
+- its owning process (`harbor-ray/process=<space>.<pid>.<start>`, the sandbox actor's worker, or the
+  process in an owner `local-<space>.<pid>.<start>` outside Ray) lived in this process space (same kernel
+  boot and pid namespace) and no process with that pid and start time is there any more: the owner was
+  killed, with its whole cluster or alone (proof across clusters).
+Anything else is taken for alive: an owner of another cluster in another process space cannot be checked
+from here, and the TTL (the container's own PID 1) ends those. Containers without our labels are never
+touched. docs/pool.md ("Orphans and proof of death") has the whole design.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class _Gcs:
         import ray
 
         self.connected = ray.is_initialized()
+        self.cluster = L.cluster_id() if self.connected else ""
         self._actors: dict[str, str] = {}
         self._dead_jobs: set[str] | None = None
 
@@ -53,8 +58,9 @@ class _Gcs:
             self._actors[actor_id] = str(info.get("State", ""))
         return self._actors[actor_id] == "DEAD"
 
-    def job_dead(self, owner: str) -> bool:
-        if not self.connected or not owner.startswith("job-"):
+    def job_dead(self, job_id: str) -> bool:
+        """Whether this cluster's job `job_id` (hex) has ended."""
+        if not self.connected or not job_id:
             return False
         if self._dead_jobs is None:
             from ray._private import state
@@ -65,7 +71,19 @@ class _Gcs:
                 log.debug("job table unavailable: %s", e)
                 jobs = []
             self._dead_jobs = {str(j.get("JobID", "")) for j in jobs if j.get("IsDead")}
-        return owner.removeprefix("job-") in self._dead_jobs
+        return job_id in self._dead_jobs
+
+
+def process_gone(value: str) -> bool:
+    """True when the PROCESS label names a process of this process space that no longer runs."""
+    space, _, rest = value.partition(".")
+    pid, _, start = rest.partition(".")
+    if space != L.process_space() or space == "unknown" or not pid.isdigit():
+        return False  # another machine, container or boot: nothing can be proven from here
+    now_start = L.process_start(int(pid))
+    if now_start is None:
+        return True
+    return start not in {"", "0"} and now_start != start  # the pid was reused by a newer process
 
 
 def why_orphaned(labels: dict[str, str], prefix: str, gcs: Any, now: float) -> str:
@@ -78,16 +96,23 @@ def why_orphaned(labels: dict[str, str], prefix: str, gcs: Any, now: float) -> s
         expires = None
     if expires is not None and expires < now:
         return "ttl expired"
-    if L.ACTOR in labels:
-        # The actor decides: its id is unique, while job ids repeat across clusters sharing a daemon.
-        return "owner actor is dead" if gcs.actor_dead(labels[L.ACTOR]) else ""
-    if gcs.job_dead(labels.get(L.OWNER, "")):
-        return "owner job ended"
+    owner = labels.get(L.OWNER, "")
+    if gcs.connected and L.owner_cluster(owner) == gcs.cluster:
+        # Our own cluster's GCS knows its actors and jobs: it decides, alive or dead.
+        if L.ACTOR in labels:
+            return "owner actor is dead" if gcs.actor_dead(labels[L.ACTOR]) else ""
+        return "owner job ended" if gcs.job_dead(owner.partition("-")[2]) else ""
+    if L.PROCESS in labels and process_gone(labels[L.PROCESS]):
+        return "owner process is gone"
+    if owner.startswith("local-") and process_gone(owner.removeprefix("local-")):  # made outside Ray
+        return "owner process is gone"
+    if L.ACTOR in labels and gcs.actor_dead(labels[L.ACTOR]):  # actor ids are unique across clusters
+        return "owner actor is dead"
     return ""
 
 
-def reap(backend: Backend, prefix: str, *, now: float | None = None) -> list[str]:
-    """Remove the orphaned sandboxes of run `prefix` on this backend; return their names.
+def reap(backend: Backend, prefix: str, *, now: float | None = None, dry_run: bool = False) -> list[str]:
+    """Remove (with `dry_run`, only find) the orphaned sandboxes of run `prefix` on this backend; return their names.
 
     >>> reap(DockerBackend(DockerBackendConfig()), "my-run")  # doctest: +SKIP
     ['my-run-3f2a9c01de']
@@ -99,6 +124,9 @@ def reap(backend: Backend, prefix: str, *, now: float | None = None) -> list[str
     for handle in backend.list(L.selector(prefix)):
         reason = why_orphaned(handle.labels, prefix, gcs, now)
         if not reason:
+            continue
+        if dry_run:
+            removed.append(handle.name)
             continue
         try:
             backend.destroy(handle)

@@ -12,32 +12,64 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import os
+import re
 import tempfile
-from dataclasses import replace
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
 
+from harbor_ray import errors
 from harbor_ray import labels as L
 from harbor_ray.backends import BackendConfig, make_backend
 from harbor_ray.backends.base import ExecResult, SandboxHandle, SandboxSpec
-from harbor_ray.backends.transfer import copy_into, pack, unpack_then
+from harbor_ray.backends.transfer import copy_into, pack_bounded, pack_into, unpack_then
 from harbor_ray.errors import HarborRayError, SandboxGone, SandboxStartError, TransferError
 
 log = logging.getLogger(__name__)
+
+_CHUNK_BYTES = 4 << 20  # uploads and downloads cross Ray in pieces this big, never whole
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Bounds every sandbox actor applies, whatever the backend: the `sandbox.*` keys of the same names.
+
+    `exec_timeout_s` bounds each exec whose caller gives no timeout; `output_limit_bytes` caps each exec
+    stream; `download_limit_bytes` caps the file content one download brings back (tails kept).
+    """
+
+    exec_timeout_s: float = 600.0
+    output_limit_bytes: int = 1_000_000
+    download_limit_bytes: int = 50_000_000
+
+    @classmethod
+    def from_config(cls, sandbox: Any) -> SandboxLimits:
+        """From a `SandboxConfig` (the `sandbox` section of the config)."""
+        return cls(
+            exec_timeout_s=float(sandbox.exec_timeout_s),
+            output_limit_bytes=int(sandbox.output_limit_bytes),
+            download_limit_bytes=int(sandbox.download_limit_bytes),
+        )
 
 
 class _SandboxActor:
     """The Ray actor body. Backend calls run in threads, so exec calls overlap and never block the loop."""
 
-    def __init__(self, backend_config: BackendConfig, output_limit_bytes: int = 1_000_000) -> None:
-        self._backend = make_backend(backend_config, output_limit_bytes=output_limit_bytes)
+    def __init__(self, backend_config: BackendConfig, limits: SandboxLimits | None = None) -> None:
+        self._limits = limits or SandboxLimits()
+        self._backend = make_backend(backend_config, output_limit_bytes=self._limits.output_limit_bytes)
         self._handle: SandboxHandle | None = None
         self._stopped = False
         self._lifecycle = asyncio.Lock()
         self._actor_id = ray.get_runtime_context().get_actor_id() or ""
+        self._uploads: dict[str, IO[bytes]] = {}  # upload id -> the pieces received so far
         atexit.register(self._destroy_now)
 
     def ready(self) -> str:
@@ -48,7 +80,9 @@ class _SandboxActor:
         if self._handle is not None or self._stopped:
             msg = "this SandboxActor already owns (or owned) a sandbox; start a new actor for a new sandbox"
             raise SandboxStartError(msg)
-        spec = replace(spec, owner=spec.owner or L.current_owner(), labels=(*spec.labels, (L.ACTOR, self._actor_id)))
+        # The actor's id and its worker process are what a reaper checks to prove the sandbox orphaned.
+        own = ((L.ACTOR, self._actor_id), (L.PROCESS, L.process_id()))
+        spec = replace(spec, owner=spec.owner or L.current_owner(), labels=(*spec.labels, *own))
         async with self._lifecycle:
             image = await asyncio.to_thread(self._backend.ensure_image, spec)
             self._handle = await asyncio.to_thread(self._backend.create, spec, image)
@@ -61,22 +95,38 @@ class _SandboxActor:
         return self._handle
 
     async def exec(self, cmd: str | list[str], **kwargs: Any) -> ExecResult:
+        kwargs["timeout_s"] = kwargs.get("timeout_s") or self._limits.exec_timeout_s  # no exec runs unbounded
         return await asyncio.to_thread(self._backend.exec, self._require(), cmd, **kwargs)
 
-    async def upload_archive(self, data: bytes, remote_path: str) -> None:
+    async def upload_part(self, upload_id: str, data: bytes, remote_path: str | None = None) -> None:
+        """One piece of a tar made by `pack`; the last one (with `remote_path`) unpacks it into the sandbox."""
         handle = self._require()
-        await asyncio.to_thread(unpack_then, data, lambda p: self._backend.upload(handle, p, remote_path))
+        part = self._uploads.get(upload_id)
+        if part is None:
+            part = self._uploads[upload_id] = tempfile.NamedTemporaryFile(prefix="harbor-ray-up-")  # noqa: SIM115
+        await asyncio.to_thread(part.write, data)
+        if remote_path is None:
+            return
+        del self._uploads[upload_id]
+        with part:
+            part.flush()
+            archive = Path(part.name)
+            await asyncio.to_thread(unpack_then, archive, lambda p: self._backend.upload(handle, p, remote_path))
 
-    async def download_archive(self, remote_path: str) -> bytes:
+    async def download_stream(self, remote_path: str) -> AsyncIterator[bytes]:
+        """The download as a tar (capped at `download_limit_bytes`), in pieces: call with num_returns="streaming"."""
         handle = self._require()
-
-        def fetch() -> bytes:
-            with tempfile.TemporaryDirectory(prefix="harbor-ray-actor-") as tmp:
-                target = Path(tmp) / (PurePosixPath(remote_path).name or "root")
-                self._backend.download(handle, remote_path, str(target))
-                return pack(target)
-
-        return await asyncio.to_thread(fetch)
+        with tempfile.TemporaryDirectory(prefix="harbor-ray-actor-") as tmp:
+            target = Path(tmp) / "tree" / (PurePosixPath(remote_path).name or "root")
+            archive = Path(tmp) / "download.tar"
+            await asyncio.to_thread(self._backend.download, handle, remote_path, str(target))
+            limit = self._limits.download_limit_bytes
+            dropped = await asyncio.to_thread(pack_bounded, target, limit, archive)
+            if dropped:
+                log.warning("download %s:%s capped at %d bytes (%d dropped)", handle.name, remote_path, limit, dropped)
+            with archive.open("rb") as f:
+                while chunk := await asyncio.to_thread(f.read, _CHUNK_BYTES):
+                    yield chunk
 
     async def health(self) -> bool:
         """True when the sandbox answers a trivial command."""
@@ -92,6 +142,7 @@ class _SandboxActor:
             "stopped": self._stopped,
             "actor_id": self._actor_id,
             "node_id": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
         }
 
     async def stop(self) -> None:
@@ -143,12 +194,12 @@ class Sandbox:
         spec: SandboxSpec,
         *,
         actor: Any = None,
-        output_limit_bytes: int = 1_000_000,
+        limits: SandboxLimits | None = None,
         **actor_options: Any,
     ) -> Sandbox:
         """Start an actor (or use an idle one) and create its sandbox; on failure nothing is left behind."""
         if actor is None:
-            actor = actor_class(**actor_options).remote(backend_config, output_limit_bytes)
+            actor = actor_class(**actor_options).remote(backend_config, limits or SandboxLimits())
         try:
             handle = await call_actor(actor.start.remote(spec), "start")
         except BaseException:
@@ -182,12 +233,26 @@ class Sandbox:
         if not src.exists():
             msg = f"upload: {src} does not exist"
             raise TransferError(msg)
-        data = await asyncio.to_thread(pack, src)
-        await self._call("upload_archive", data, remote_path)
+        upload_id = uuid.uuid4().hex
+        with tempfile.TemporaryFile(prefix="harbor-ray-up-") as f:
+            await asyncio.to_thread(pack_into, src, f)
+            f.seek(0)
+            chunk = await asyncio.to_thread(f.read, _CHUNK_BYTES)
+            while True:  # in pieces, so neither side holds a large upload whole
+                following = await asyncio.to_thread(f.read, _CHUNK_BYTES)
+                await self._call("upload_part", upload_id, chunk, None if following else remote_path)
+                if not following:
+                    return
+                chunk = following
 
     async def download(self, remote_path: str, local_path: str | Path) -> None:
-        data = await self._call("download_archive", remote_path)
-        await asyncio.to_thread(unpack_then, data, lambda p: copy_into(Path(p), Path(local_path)))
+        """Copy a file or directory out (capped at `sandbox.download_limit_bytes`), streamed through a temp file."""
+        with tempfile.TemporaryDirectory(prefix="harbor-ray-dl-") as tmp:
+            archive = Path(tmp) / "download.tar"
+            with _translated("download", self.handle.name), archive.open("wb") as f:
+                async for ref in self.actor.download_stream.options(num_returns="streaming").remote(remote_path):
+                    await asyncio.to_thread(f.write, await ref)
+            await asyncio.to_thread(unpack_then, archive, lambda p: copy_into(Path(p), Path(local_path)))
 
     async def health(self) -> bool:
         try:
@@ -224,17 +289,49 @@ async def call_actor(
 
     A dead actor becomes `died` (SandboxGone for a sandbox's actor) with one line naming it.
     """
-    try:
+    with _translated(method, name, died=died, hint=hint):
         return await ref
+
+
+@contextmanager
+def _translated(
+    method: str, name: str = "sandbox", *, died: type[HarborRayError] = SandboxGone, hint: str = ""
+) -> Iterator[None]:
+    """`call_actor`'s error translation, for a block awaiting several refs (a streamed download)."""
+    try:
+        yield
     except RayTaskError as e:
         cause = getattr(e, "cause", None)
         if isinstance(cause, HarborRayError):
             raise cause from None
         raise
     except (ActorDiedError, ActorUnavailableError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        cause = creation_error(e)
+        if cause is not None:  # the actor's __init__ raised one of ours: that is the user's error, not a death
+            raise cause from None
+        first = _ANSI.sub("", str(e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         msg = f"{name}: its actor died during {method} ({first[:160]}){hint}"
         raise died(msg) from None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_OUR_ERROR = re.compile(r"^harbor_ray\.errors\.(\w+): (.+)$")
+
+
+def creation_error(e: BaseException) -> HarborRayError | None:
+    """Our error that an actor's creation task raised, rebuilt from the death message Ray gives.
+
+    Ray reports a failed `__init__` as ActorDiedError whose text ends with the traceback's last line
+    (`harbor_ray.errors.BackendUnavailable: k8s at …`); the cause itself is not attached.
+    """
+    if not getattr(e, "actor_init_failed", False):
+        return None
+    lines = [line for line in _ANSI.sub("", str(e)).splitlines() if line.strip()]
+    match = _OUR_ERROR.match(lines[-1].strip()) if lines else None
+    cls = getattr(errors, match.group(1), None) if match else None
+    if match is None or not (isinstance(cls, type) and issubclass(cls, HarborRayError)):
+        return None
+    return cls(match.group(2))
 
 
 async def _stop_actor(actor: Any) -> None:

@@ -139,3 +139,42 @@ def test_base_images_need_the_explicit_prefix(docker_client):
     done = cli("--images", "--dry-run", "run_label=base")  # base from the config, not asked for: refused
     assert done.returncode == 2
     assert "pass --prefix base explicitly" in done.stderr
+
+
+def test_clean_with_no_label_asks_for_one(docker_client):
+    done = cli()
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: clean: name the run to clean, e.g. --prefix my-run or run_label=my-run")
+    assert done.stdout == ""
+
+
+def test_clean_orphans_removes_only_sandboxes_of_dead_owners(docker_client, run_label):
+    """A sandbox whose owning process has ended here goes; one whose owner (this test) lives stays."""
+    backend = DockerBackend()
+    ended = subprocess.Popen(["true"])
+    dead_owner = L.process_id(ended.pid)
+    ended.wait()
+
+    def sandbox(process: str) -> str:
+        labels = ((L.ACTOR, "f" * 32), (L.PROCESS, process))
+        spec = SandboxSpec(run_label=run_label, image=BUSYBOX_IMAGE, ttl_s=300, owner="0123456789ab-01000000",
+                           labels=labels)  # fmt: skip
+        return backend.create(spec, BUSYBOX_IMAGE).name
+
+    orphan, live = sandbox(dead_owner), sandbox(L.process_id())
+    try:
+        listed = cli("--orphans", "--dry-run", f"run_label={run_label}")
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.splitlines()[0] == f"would remove container {orphan}"
+        done = cli("--orphans", f"run_label={run_label}")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == [
+            f"removed container {orphan}",
+            f"removed 1 object(s) labeled harbor-run={run_label}",
+        ]
+        assert not _exists(docker_client, orphan)
+        assert _exists(docker_client, live)
+    finally:
+        for handle in backend.list(L.selector(run_label)):
+            backend.destroy(handle)

@@ -28,8 +28,10 @@ DOCKER_LINES = [
 ]
 
 
-def dryrun(*args: str, path_first: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+def dryrun(
+    *args: str, path_first: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "DOCKER_HOST")} | (env or {})
     env["PYTHONPATH"] = os.pathsep.join([*([str(path_first)] if path_first else []), str(ROOT)])
     return subprocess.run(
         [sys.executable, "-m", "harbor_ray", "dryrun", *args],
@@ -148,3 +150,24 @@ def test_unreachable_ray_address_fails_fast():
 def test_sandbox_resource_on_a_local_ray_is_declared_by_the_run():
     done = dryrun("backend=k8s", "backend.kubeconfig=/nonexistent", "pool.sandbox_resource=sandbox_slot")
     assert "✓ Ray resources: Ray starts locally in the run and declares sandbox_slot=16" in done.stdout
+
+
+@pytest.mark.unit
+def test_an_unreachable_daemon_shows_no_hardening_it_never_saw():
+    done = dryrun("backend.host=unix:///nonexistent/docker.sock")
+    assert line(done.stdout, "hardening") == "– hardening: not run: needs probe container"
+
+
+@pytest.mark.docker
+def test_docker_host_wins_over_the_default_socket_and_is_named(run_label):
+    env_host = {"DOCKER_HOST": "unix:///nonexistent/other.sock"}
+    done = dryrun(f"run_label={run_label}", env=env_host)
+    assert line(done.stdout, "TLS / port") == (
+        "✓ TLS / port: unix:///nonexistent/other.sock (local socket, from DOCKER_HOST)"
+    )
+    assert line(done.stdout, "daemon ping").startswith(
+        "✗ daemon ping: docker at unix:///nonexistent/other.sock (DOCKER_HOST): the socket does not exist"
+    )
+    done = dryrun(f"run_label={run_label}", "backend.host=unix:///var/run/docker.sock", env=env_host)
+    assert "from backend.host" in line(done.stdout, "TLS / port")  # an explicit backend.host wins
+    assert line(done.stdout, "daemon ping").startswith("✓ daemon ping: Docker ")

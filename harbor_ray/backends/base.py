@@ -31,10 +31,12 @@ class SandboxSpec:
     build_context: str | None = None
     cpus: float = 1.0
     memory_mb: int = 2048
+    storage_mb: int = 0  # 0: not limited (Kubernetes: ephemeral-storage; Docker: not applied, as in Harbor)
+    gpus: int = 0
     pids_limit: int = 512
     network: bool = False
     ttl_s: int = 3600
-    workdir: str = "/"
+    workdir: str | None = None  # None: the image's WORKDIR, as Harbor's Docker environment leaves it
     env: tuple[tuple[str, str], ...] = ()
     pool: str = "default"
     owner: str = ""
@@ -43,6 +45,10 @@ class SandboxSpec:
     no_new_privileges: bool = True
     force_build: bool = False
     labels: tuple[tuple[str, str], ...] = ()  # extra labels, e.g. the owning actor's id
+    # "HOST:PORT" of the model gateway: without `network`, the sandbox reaches it (as
+    # gateway.harbor-ray.internal:PORT) and nothing else; `egress` adds "HOSTNAME:PORT"s. See docs/network.md.
+    gateway: str | None = None
+    egress: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from harbor_ray.backends import BackendConfig
 from harbor_ray.backends.docker.config import DockerBackendConfig, TLSFiles
 from harbor_ray.backends.kubernetes.config import K8sBackendConfig
 from harbor_ray.config.keys import describe_keys
-from harbor_ray.config.load import build_config, load_config
+from harbor_ray.config.load import build_config, load_config, load_config_explained
 from harbor_ray.config.schema import (
     DEFAULT_ENVIRONMENT,
     AgentConfig,
@@ -42,6 +42,7 @@ __all__ = [
     "from_seed",
     "is_seed_layout",
     "load_config",
+    "load_config_explained",
     "require",
     "validate",
 ]

@@ -16,8 +16,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from harbor_ray.backends import REGISTRY, entry
 from harbor_ray.config.schema import _CONFIG_SCHEMA, Config, validate
-from harbor_ray.config.seed import from_seed, is_seed_layout
+from harbor_ray.config.seed import from_seed, is_seed_layout, seed_key
 from harbor_ray.errors import ConfigError
+from harbor_ray.labels import check_prefix
 
 
 def _conf_dir() -> Path:
@@ -72,33 +73,76 @@ def load_config(overrides: list[str] | None = None, config_file: str | None = No
     >>> load_config(["backend=docker", "pool.max_sandboxes=4"]).pool.max_sandboxes
     4
     """
+    return load_config_explained(overrides, config_file)[0]
+
+
+def load_config_explained(overrides: list[str] | None = None, config_file: str | None = None) -> tuple[Config, str]:
+    """`load_config`, and why the config's backend is the one chosen (for dryrun's first line)."""
     overrides = list(overrides or [])
-    if config_file:
-        path = Path(config_file)
-        if not path.is_file():
-            msg = f"--config {config_file}: no such file; pass a YAML config path"
-            raise ConfigError(msg)
-        try:
-            raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-        except Exception as e:
-            msg = f"--config {config_file}: not valid YAML ({str(e).splitlines()[0]})"
-            raise ConfigError(msg) from e
-        if not isinstance(raw, dict):
-            msg = f"--config {config_file}: the top level must be a mapping"
-            raise ConfigError(msg)
-        layout = {str(k): v for k, v in raw.items()}
-        if is_seed_layout(layout):
-            layout = from_seed(layout)
-        base = OmegaConf.create(layout)
-        try:
-            dotlist = OmegaConf.from_dotlist([o for o in overrides if "=" in o])
-        except OmegaConfBaseException as e:
-            msg = f"overrides: {str(e).splitlines()[0]}; use key=value"
-            raise ConfigError(msg) from e
-        merged = OmegaConf.merge(base, dotlist)
-        assert isinstance(merged, DictConfig)
-        return build_config(merged)
-    return build_config(_compose(overrides))
+    if not config_file:
+        cfg = build_config(_compose(overrides))
+        chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("backend=")]
+        return cfg, f"backend={chosen[-1]} from the overrides" if chosen else "backend=docker, the default"
+    layout = _read_file(config_file)
+    why = f"backend.kind in {config_file}" if isinstance(layout.get("backend"), dict) else "backend=docker, the default"
+    seed = is_seed_layout(layout)
+    if seed:
+        layout, why = from_seed(layout)
+    try:
+        dotlist = OmegaConf.from_dotlist([o for o in overrides if "=" in o])
+    except OmegaConfBaseException as e:
+        msg = f"overrides: {str(e).splitlines()[0]}; use key=value"
+        raise ConfigError(msg) from e
+    if any(o.startswith(("backend=", "backend.kind=")) for o in overrides):
+        why = "backend.kind from the overrides"
+    merged = OmegaConf.merge(OmegaConf.create(layout), dotlist)
+    assert isinstance(merged, DictConfig)
+    try:
+        return build_config(merged), why
+    except ConfigError as e:
+        key = str(e).split("=", 1)[0].split(":", 1)[0]
+        overridden = any(o.split("=", 1)[0] == key for o in overrides)
+        origin = seed_key(key) if seed and not overridden else None
+        if origin is None:
+            raise
+        msg = f"{origin} (as {e})"
+        raise ConfigError(msg) from e
+
+
+def _read_file(config_file: str) -> dict[str, Any]:
+    """The YAML file's top-level mapping; ConfigError naming the file when it is missing, malformed or not a mapping."""
+    import yaml
+
+    path = Path(config_file)
+    if not path.is_file():
+        msg = f"--config {config_file}: no such file; pass a YAML config path"
+        raise ConfigError(msg)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        msg = f"--config {config_file}: not valid YAML ({' '.join(str(e).split())[:200]})"
+        raise ConfigError(msg) from e
+    if not isinstance(raw, dict):
+        what = "is empty" if raw is None else f"holds a single {_yaml_kind(raw)}"
+        msg = f"--config {config_file}: {what}, not a mapping of keys; the top level must be key: value lines"
+        raise ConfigError(msg)
+    try:
+        resolved = OmegaConf.to_container(OmegaConf.create({str(k): v for k, v in raw.items()}), resolve=True)
+    except OmegaConfBaseException as e:
+        msg = f"--config {config_file}: {str(e).splitlines()[0]}"
+        raise ConfigError(msg) from e
+    assert isinstance(resolved, dict)
+    return {str(k): v for k, v in resolved.items()}
+
+
+def _yaml_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "string" if isinstance(value, str) else type(value).__name__
 
 
 def _compose(overrides: list[str]) -> DictConfig:
@@ -111,6 +155,8 @@ def _compose(overrides: list[str]) -> DictConfig:
     except HydraException as e:
         first = str(e).splitlines()[0]
         unknown = re.match(r"Could not override '([^']+)'", first)
+        if "LexerNoViableAltException" in first or "token recognition error" in first:
+            raise _unparsable(overrides, first) from e
         if unknown:
             msg = f"{unknown.group(1)}: unknown key; check its spelling (the known keys are in conf/)"
         else:
@@ -118,3 +164,15 @@ def _compose(overrides: list[str]) -> DictConfig:
         raise ConfigError(msg) from e
     OmegaConf.set_struct(cfg, False)
     return cfg
+
+
+def _unparsable(overrides: list[str], first: str) -> ConfigError:
+    """Hydra's lexer refused an override: say which, and for run_label what a label may hold."""
+    bad = next((o for o in overrides if o in first), first.split(": ", 1)[-1])
+    key, _, value = bad.partition("=")
+    if key.lstrip("+~") == "run_label":
+        try:
+            check_prefix(value, "run_label")
+        except ConfigError as e:
+            return e
+    return ConfigError(f"{bad}: Hydra cannot parse this override; quote the value, e.g. '{key}=\"{value}\"'")

@@ -20,15 +20,20 @@ DEFAULT_ENVIRONMENT = "harbor_ray.harbor.environment:RayEnvironment"
 
 @dataclass
 class SandboxConfig:
-    """Limits and hardening applied to every sandbox (a task's task.toml may lower cpus and memory).
+    """Limits and hardening applied to every sandbox. They are ceilings: a task's task.toml may ask less
+    cpus, memory, storage or GPUs; more is clamped to these with a warning (GPUs: refused), see docs/config.md.
 
     Attributes:
-        cpus: CPUs per sandbox.
-        memory_mb: memory per sandbox (MiB), swap included.
+        cpus: CPUs per sandbox (the most a task gets).
+        memory_mb: memory per sandbox (MiB), swap included (the most a task gets).
+        storage_mb: the most disk a task may ask (MiB; Kubernetes ephemeral-storage); 0 -> no ceiling.
+        gpus: the most GPUs a task may ask; a task asking more is refused.
         pids_limit: processes per sandbox.
         network: give every sandbox network; otherwise only tasks whose task.toml allows internet get it.
+        gateway: HOST:PORT of a model gateway every sandbox may reach (and nothing else); docs/network.md.
         exec_timeout_s: the longest one command may run.
         output_limit_bytes: stdout/stderr kept per command; the rest is dropped with a note.
+        download_limit_bytes: file content one download brings back; past it a file keeps its tail after a note.
         ttl_s: the backstop: a sandbox's PID 1 lives at most this long, whatever happens to us.
         cap_add: Linux capabilities kept after dropping all.
         read_only_root: a read-only root filesystem (with a writable /tmp).
@@ -37,10 +42,14 @@ class SandboxConfig:
 
     cpus: float = 1.0
     memory_mb: int = 2048
+    storage_mb: int = 0
+    gpus: int = 0
     pids_limit: int = 512
     network: bool = False
+    gateway: str = ""
     exec_timeout_s: float = 600.0
     output_limit_bytes: int = 1_000_000
+    download_limit_bytes: int = 50_000_000
     ttl_s: int = 3600
     cap_add: list[str] = field(default_factory=lambda: list(DEFAULT_CAP_ADD))
     read_only_root: bool = False
@@ -88,7 +97,7 @@ class PoolConfig:
     circuit_failures: int = 5
     circuit_reset_s: float = 30.0
     health_interval_s: float = 30.0
-    reap_interval_s: float = 300.0
+    reap_interval_s: float = 30.0
     shared: bool = True
 
 
@@ -101,12 +110,22 @@ class AgentConfig:
         import_path: or a custom agent class, "module:Class".
         model_name: the model as the agent expects it, e.g. hosted_vllm/<name>.
         kwargs: keyword arguments of the agent.
+        override_timeout_s: the agent phase's timeout instead of the task's [agent] timeout_sec (0: the task's).
+        default_timeout_s: the agent phase's timeout when the task's task.toml gives no [agent] timeout_sec.
+        max_timeout_s: the longest agent phase, whatever the task says (0: no cap).
+        timeout_multiplier: multiplies the agent phase's timeout.
+        setup_timeout_multiplier: multiplies the agent setup's timeout.
     """
 
     name: str = "oracle"
     import_path: str = ""
     model_name: str = ""
     kwargs: dict[str, Any] = field(default_factory=dict)
+    override_timeout_s: float = 0.0
+    default_timeout_s: float = 1800.0
+    max_timeout_s: float = 0.0
+    timeout_multiplier: float = 1.0
+    setup_timeout_multiplier: float = 1.0
 
 
 @dataclass
@@ -142,6 +161,14 @@ class Config:
         force_build: rebuild task images even when present.
         delete: remove each trial's sandbox at its end (false keeps it until its TTL or a clean).
         verifier_timeout_s: 0 -> the task's own [verifier] timeout.
+        verifier_timeout_multiplier: multiplies the verifier's timeout.
+        build_timeout_multiplier: multiplies the task's [environment] build_timeout_sec.
+        verifier_enabled: run the task's verifier (false: trials end after the agent, with no reward).
+        max_retries: retries of a trial whose failure is the infrastructure's (env_setup_failed, sandbox_lost),
+            each on a fresh sandbox; never of one whose agent or verifier failed.
+        tail_kill_target: fraction of a batch that must finish before stragglers are ended (1.0 = never).
+        tail_kill_grace_s: once the target is met, trials still running this much later are tail_killed.
+        tail_kill_min_tasks: tail kill waits for at least this many finished trials.
     """
 
     run_label: str = "harbor-ray"
@@ -159,6 +186,13 @@ class Config:
     force_build: bool = False
     delete: bool = True
     verifier_timeout_s: float = 0.0
+    verifier_timeout_multiplier: float = 1.0
+    build_timeout_multiplier: float = 1.0
+    verifier_enabled: bool = True
+    max_retries: int = 0
+    tail_kill_target: float = 1.0
+    tail_kill_grace_s: float = 60.0
+    tail_kill_min_tasks: int = 1
 
 
 def _schema() -> type:
@@ -227,6 +261,7 @@ def validate(cfg: Config) -> None:
             "sandbox.pids_limit": cfg.sandbox.pids_limit,
             "sandbox.exec_timeout_s": cfg.sandbox.exec_timeout_s,
             "sandbox.output_limit_bytes": cfg.sandbox.output_limit_bytes,
+            "sandbox.download_limit_bytes": cfg.sandbox.download_limit_bytes,
             "sandbox.ttl_s": cfg.sandbox.ttl_s,
             "n_concurrent": cfg.n_concurrent,
             "n_attempts": cfg.n_attempts,
@@ -234,6 +269,35 @@ def validate(cfg: Config) -> None:
         at_least=0,
         strictly=True,
     )
+    require(
+        {
+            "agent.timeout_multiplier": cfg.agent.timeout_multiplier,
+            "agent.setup_timeout_multiplier": cfg.agent.setup_timeout_multiplier,
+            "agent.default_timeout_s": cfg.agent.default_timeout_s,
+            "verifier_timeout_multiplier": cfg.verifier_timeout_multiplier,
+            "build_timeout_multiplier": cfg.build_timeout_multiplier,
+            "tail_kill_target": cfg.tail_kill_target,
+        },
+        at_least=0,
+        strictly=True,
+    )
+    require(
+        {
+            "verifier_timeout_s": cfg.verifier_timeout_s,
+            "agent.override_timeout_s": cfg.agent.override_timeout_s,
+            "agent.max_timeout_s": cfg.agent.max_timeout_s,
+            "sandbox.storage_mb": cfg.sandbox.storage_mb,
+            "sandbox.gpus": cfg.sandbox.gpus,
+            "max_retries": cfg.max_retries,
+            "tail_kill_grace_s": cfg.tail_kill_grace_s,
+            "tail_kill_min_tasks": cfg.tail_kill_min_tasks,
+        },
+        at_least=0,
+        strictly=False,
+    )
+    if cfg.tail_kill_target > 1:
+        msg = f"tail_kill_target={cfg.tail_kill_target}: a fraction of the batch, at most 1 (1.0 = never tail kill)"
+        raise ConfigError(msg)
     check_pool_config(cfg.pool)
     if cfg.sandbox.memory_mb < 6:
         msg = f"sandbox.memory_mb={cfg.sandbox.memory_mb}: Docker needs at least 6 MiB; use e.g. 2048"

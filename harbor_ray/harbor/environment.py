@@ -17,12 +17,11 @@ from typing import Any
 
 from harbor.environments.base import BaseEnvironment, ExecResult
 from harbor.environments.capabilities import EnvironmentCapabilities
-from harbor.models.task.config import NetworkMode
 from harbor.models.trial.paths import EnvironmentPaths
 
 from harbor_ray.config import Config, load_config
 from harbor_ray.errors import ExecTimeout, HarborRayError, TaskError
-from harbor_ray.harbor.spec import sandbox_spec
+from harbor_ray.harbor.spec import network_from_policy, sandbox_spec
 from harbor_ray.pool import Lease, SandboxPool
 from harbor_ray.sandbox import Sandbox
 
@@ -60,8 +59,16 @@ async def _context_for(key: str, overrides: list[str]) -> PoolContext:
 class RayEnvironment(BaseEnvironment):
     """A Harbor environment on one fresh harbor_ray sandbox (a container or pod owned by a Ray actor)."""
 
-    def __init__(self, *args: Any, pool_key: str = "default", overrides: list[str] | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        pool_key: str = "default",
+        overrides: list[str] | None = None,
+        gateway: str | None = None,  # "HOST:PORT" the sandbox may reach without network (docs/network.md)
+        **kwargs: Any,
+    ):
         self._pool_key = pool_key
+        self._gateway = gateway
         self._overrides = list(overrides or [])
         self._lease: Lease | None = None
         self._sandbox: Sandbox | None = None
@@ -74,7 +81,11 @@ class RayEnvironment(BaseEnvironment):
 
     @property
     def capabilities(self) -> EnvironmentCapabilities:
-        return EnvironmentCapabilities(disable_internet=True)
+        # allowlist: hostnames only, each reached on :443 through a relay (docs/network.md)
+        # gpus: the config's sandbox.gpus is their ceiling, checked when the sandbox is made (spec.sandbox_spec)
+        return EnvironmentCapabilities(
+            disable_internet=True, network_allowlist=True, network_allowlist_hostnames=True, gpus=True
+        )
 
     def _validate_definition(self) -> None:
         if not self.task_env_config.docker_image and not (self.environment_dir / "Dockerfile").is_file():
@@ -90,26 +101,35 @@ class RayEnvironment(BaseEnvironment):
 
     async def start(self, force_build: bool) -> None:
         context = await _context_for(self._pool_key, self._overrides)
+        network, egress = network_from_policy(self.network_policy)
         spec = sandbox_spec(
             context.config,
             self.environment_dir,
             docker_image=self.task_env_config.docker_image,
             cpus=self._effective_cpus,
             memory_mb=self._effective_memory_mb,
-            network=self.network_policy.network_mode == NetworkMode.PUBLIC,
+            storage_mb=self._effective_storage_mb,
+            gpus=self._effective_gpus,
+            network=network,
             force_build=force_build,
+            env=self._startup_env(),  # the task's [environment] env in the container, as Harbor's Docker sets it
+            gateway=self._gateway,
+            egress=egress,
         )
         self._lease = context.pool.lease(spec)
         self._sandbox = await self._lease.acquire()
         self.last_sandbox = self._sandbox.handle.name
-        paths = EnvironmentPaths.for_os(self.os)
-        dirs = [paths.agent_dir, paths.verifier_dir, paths.artifacts_dir]
-        await self.exec(
-            f"mkdir -p {' '.join(shlex.quote(str(d)) for d in dirs)} && chmod 777 "
-            + " ".join(shlex.quote(str(d)) for d in dirs),
-            user="0",
-        )
+        # Harbor's DockerEnvironment order: the environment dir first (it can create the task's workdir, where
+        # every exec starts), then the output dirs, made by root and open to every user (mode 777).
         await self._upload_environment_dir_after_start()
+        paths = EnvironmentPaths.for_os(self.os)
+        dirs = " ".join(shlex.quote(str(d)) for d in (paths.agent_dir, paths.verifier_dir, paths.artifacts_dir))
+        made = await self.exec(f"mkdir -p {dirs} && chmod 777 {dirs}", user="0")
+        if made.return_code != 0:  # no root here (a pod of a non-root image cannot switch): as the image's user
+            made = await self.exec(f"mkdir -p {dirs} && chmod 777 {dirs}")
+        if made.return_code != 0:
+            msg = f"sandbox {self.last_sandbox}: could not create {dirs} as root: {(made.stderr or '').strip()[:200]}"
+            raise HarborRayError(msg)
 
     async def stop(self, delete: bool) -> None:
         lease, self._lease = self._lease, None

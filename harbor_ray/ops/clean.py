@@ -1,10 +1,13 @@
-"""`python -m harbor_ray clean [--containers|--pods] [--images] [--dry-run] [--prefix P] [--config FILE] [k=v …]`.
+"""`python -m harbor_ray clean [--containers|--pods] [--images] [--orphans] [--dry-run] [--prefix P] [k=v …]`.
 
-Deletes what carries our label `harbor-run=<prefix>` (the prefix defaults to the config's run_label),
-never anything else: an empty or wildcard prefix is refused, and every object is checked again for the
-exact label before it is removed. The sandboxes are the config's backend's (its registry noun names the
-flag: `--containers`, `--pods`); images are Docker's and must also carry `harbor-ray/kind=image`; the
-project's base images (`harbor-run=base`) go only when `--prefix base` is given explicitly.
+Deletes what carries our label `harbor-run=<prefix>`, never anything else. The prefix must be named
+(`--prefix P`, or `run_label=P` / a `--config` that sets one): the default run_label is shared by every run
+that sets none, so it is never cleaned by accident. An empty or wildcard prefix is refused, and every
+object is checked again for the exact label before it is removed. `--orphans` removes only the sandboxes
+the reaper proves orphaned (owner process gone on this machine, or TTL passed), so live runs keep theirs.
+The sandboxes are the config's backend's (its registry noun names the flag: `--containers`, `--pods`);
+images are Docker's and must also carry `harbor-ray/kind=image`; the project's base images
+(`harbor-run=base`) go only when `--prefix base` is given explicitly.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from typing import TYPE_CHECKING, Any, cast
 from harbor_ray import labels as L
 from harbor_ray.backends import REGISTRY, Backend, BackendConfig, entry, make_backend
 from harbor_ray.backends.docker.config import DockerBackendConfig
-from harbor_ray.config import load_config
+from harbor_ray.config import Config, load_config
 from harbor_ray.errors import ConfigError
 from harbor_ray.ops.args import add_config_args
+from harbor_ray.reaper import reap
 
 if TYPE_CHECKING:
     from harbor_ray.backends.docker.backend import DockerBackend
@@ -102,10 +106,18 @@ def main(argv: list[str]) -> int:
                             help=f"{noun}s (the default for backend={'|'.join(kinds)})")  # fmt: skip
     parser.add_argument("--images", action="store_true", help="Docker images built for that prefix")
     parser.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
-    parser.add_argument("--prefix", help="the harbor-run label value (default: the config's run_label)")
+    orphans = "only sandboxes whose owner is proven gone or whose TTL passed (live runs keep theirs)"
+    parser.add_argument("--orphans", action="store_true", help=orphans)
+    parser.add_argument("--prefix", help="the harbor-run label value (default: the config's run_label, if set)")
     args = add_config_args(parser).parse_intermixed_args(argv)
     cfg = load_config(args.overrides, args.config)
     prefix = cfg.run_label if args.prefix is None else args.prefix
+    if args.prefix is None and prefix == Config.run_label:
+        msg = (
+            f"clean: name the run to clean, e.g. --prefix my-run or run_label=my-run (the default {prefix!r} is "
+            f"shared by every run that sets none; --prefix {prefix} cleans it)"
+        )
+        raise ConfigError(msg)
     L.check_prefix(prefix, key="--prefix" if args.prefix is not None else "run_label")
     kind, noun = cfg.backend.kind, entry(cfg.backend.kind).noun
     asked = set(args.nouns or ([] if args.images else [noun]))
@@ -120,8 +132,15 @@ def main(argv: list[str]) -> int:
     verb = "would remove" if args.dry_run else "removed"
     backend = make_backend(cfg.backend)
     found: list[tuple[str, str]] = []
-    if noun in asked:
+    if noun in asked and args.orphans:
+        found += [(noun, name) for name in sorted(reap(backend, prefix, dry_run=args.dry_run))]
+    elif noun in asked:
         found += [(noun, name) for name in clean_sandboxes(backend, prefix, args.dry_run)]
+        if isinstance(cfg.backend, DockerBackendConfig):  # sandbox networks and forwarders left (docs/network.md)
+            from harbor_ray.backends.docker.network import clean_networks
+
+            client = cast("DockerBackend", backend).client
+            found += clean_networks(client, prefix, args.dry_run)
     if args.images:
         client = cast("DockerBackend", backend).client
         refs = clean_images(client, prefix, args.dry_run, allow_base=args.prefix == BASE_PREFIX)

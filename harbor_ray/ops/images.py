@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
 SUITE = "bookworm"
-BASE_PACKAGES = "bash,python3,coreutils,procps"
+BASE_PACKAGES = "bash,python3,coreutils,procps,tmux"  # tmux: Harbor's terminus-2 drives the task in it
+PACKAGES_LABEL = "harbor-ray/packages"  # a base image whose label differs from BASE_PACKAGES is rebuilt
 
 
 def debian_mirror(sources: tuple[Path, ...] = SOURCES) -> str:
@@ -50,20 +51,30 @@ def debian_mirror(sources: tuple[Path, ...] = SOURCES) -> str:
     raise BaseImageError(msg)
 
 
+APT_LOCK_WAIT_S = 600  # another apt/dpkg (unattended-upgrades, a parallel setup) may hold the lock that long
+
+
+def apt_get(*args: str) -> subprocess.CompletedProcess[str]:
+    """apt-get, waiting for the dpkg lock another process holds instead of failing at once (as the k8s
+    harness does)."""
+    command = ["apt-get", "-o", f"DPkg::Lock::Timeout={APT_LOCK_WAIT_S}", *args]
+    return subprocess.run(command, capture_output=True, text=True, check=False)
+
+
 def _apt_install(package: str, binary: str) -> None:
     if shutil.which(binary):
         return
     log.info("installing %s from Debian's archive", package)
-    subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
-    done = subprocess.run(["apt-get", "install", "-y", "-qq", package], capture_output=True, text=True)
+    apt_get("update", "-qq")
+    done = apt_get("install", "-y", "-qq", package)
     if done.returncode != 0 or not shutil.which(binary):
         msg = f"apt-get install {package} failed: {done.stderr.strip().splitlines()[-1:]}; install it by hand"
         raise BaseImageError(msg)
 
 
-def _import(client, tar_path: Path, ref: str, cmd: str) -> None:
+def _import(client, tar_path: Path, ref: str, cmd: str, packages: str = "") -> None:
     repo, tag = ref.rsplit(":", 1)
-    changes = [f'LABEL {L.KIND}="image" {L.RUN}="base"', f'CMD ["{cmd}"]']
+    changes = [f'LABEL {L.KIND}="image" {L.RUN}="base" {PACKAGES_LABEL}="{packages}"', f'CMD ["{cmd}"]']
     # A path (not a stream): the SDK then sends a sized body; chunked bodies are refused by Docker 20.10.
     client.api.import_image(src=str(tar_path), repository=repo, tag=tag, changes=changes)
 
@@ -107,7 +118,7 @@ def build_base(client, workdir: Path) -> None:
         tail = " | ".join(done.stderr.strip().splitlines()[-5:])
         msg = f"mmdebstrap failed: {tail}"
         raise BaseImageError(msg)
-    _import(client, tar_path, BASE_IMAGE, "bash")
+    _import(client, tar_path, BASE_IMAGE, "bash", BASE_PACKAGES)
 
 
 def ensure_base_images(client, which: tuple[str, ...] = (BUSYBOX_IMAGE, BASE_IMAGE)) -> list[str]:
@@ -118,8 +129,9 @@ def ensure_base_images(client, which: tuple[str, ...] = (BUSYBOX_IMAGE, BASE_IMA
     built = []
     for ref in which:
         try:
-            client.images.get(ref)
-            continue
+            image = client.images.get(ref)
+            if ref != BASE_IMAGE or (image.labels or {}).get(PACKAGES_LABEL) == BASE_PACKAGES:
+                continue
         except docker.errors.ImageNotFound:
             pass
         started = time.monotonic()

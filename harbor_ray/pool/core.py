@@ -27,7 +27,7 @@ from harbor_ray.pool.metrics import PoolMetrics
 from harbor_ray.pool.starter import Entry, Starter
 from harbor_ray.pool.upkeep import Upkeep
 from harbor_ray.pool.warm import WarmSet
-from harbor_ray.sandbox import Sandbox
+from harbor_ray.sandbox import Sandbox, SandboxLimits
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +47,14 @@ class PoolCore:
         backend_config: BackendSettings,
         config: PoolConfig,
         *,
-        output_limit_bytes: int = 1_000_000,
+        limits: SandboxLimits | None = None,
         actor_options: dict[str, Any] | None = None,
         run_label: str | None = None,
     ) -> None:
         check_pool_config(config)
         self.backend_config = backend_config
         self.config = config
-        self.output_limit_bytes = output_limit_bytes
+        self.limits = limits or SandboxLimits()
         self.actor_options = dict(actor_options or {})
         self.metrics = PoolMetrics(config.name)
         self.hosts: dict[str, Host] = {}

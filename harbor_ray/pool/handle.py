@@ -22,7 +22,7 @@ from harbor_ray.backends.base import BackendSettings, SandboxSpec
 from harbor_ray.config import PoolConfig
 from harbor_ray.pool.core import PoolCore
 from harbor_ray.pool.remote import LocalPool, RemotePool, lookup
-from harbor_ray.sandbox import Sandbox
+from harbor_ray.sandbox import Sandbox, SandboxLimits
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class SandboxPool:
         backend_config: BackendSettings,
         config: PoolConfig | None = None,
         *,
-        output_limit_bytes: int = 1_000_000,
+        limits: SandboxLimits | None = None,
         actor_options: dict[str, Any] | None = None,
         run_label: str | None = None,
     ) -> None:
@@ -138,7 +138,7 @@ class SandboxPool:
         core = PoolCore(
             backend_config,
             self.config,
-            output_limit_bytes=output_limit_bytes,
+            limits=limits,
             actor_options=actor_options,
             run_label=run_label,
         )
@@ -156,11 +156,11 @@ class SandboxPool:
             return cls(
                 cfg.backend,
                 cfg.pool,
-                output_limit_bytes=cfg.sandbox.output_limit_bytes,
+                limits=SandboxLimits.from_config(cfg.sandbox),
                 actor_options=actor_options,
                 run_label=cfg.run_label,
             )
-        args = (cfg.backend, cfg.pool, cfg.sandbox.output_limit_bytes, dict(actor_options or {}), cfg.run_label)
+        args = (cfg.backend, cfg.pool, SandboxLimits.from_config(cfg.sandbox), dict(actor_options or {}), cfg.run_label)
         return cls._over(RemotePool(cfg.pool, create=args), cfg.pool, cfg.backend)
 
     @classmethod

@@ -21,12 +21,12 @@ from harbor_ray.backends.base import BackendSettings, SandboxSpec
 from harbor_ray.config import PoolConfig
 from harbor_ray.errors import BackendUnavailable
 from harbor_ray.pool.core import PoolCore
-from harbor_ray.sandbox import Sandbox, call_actor
+from harbor_ray.sandbox import Sandbox, SandboxLimits, call_actor
 
 log = logging.getLogger(__name__)
 
 # What the pool actor is created from: backend config, pool config, output limit, actor options, run label.
-CreateArgs = tuple[BackendSettings, PoolConfig, int, dict[str, Any], str | None]
+CreateArgs = tuple[BackendSettings, PoolConfig, SandboxLimits, dict[str, Any], str | None]
 
 
 class LocalPool:
@@ -70,7 +70,7 @@ class _PoolActor(LocalPool):
         self,
         backend_config: BackendSettings,
         config: PoolConfig,
-        output_limit_bytes: int,
+        limits: SandboxLimits,
         actor_options: dict[str, Any],
         run_label: str | None,
     ) -> None:
@@ -78,7 +78,7 @@ class _PoolActor(LocalPool):
             PoolCore(
                 backend_config,
                 config,
-                output_limit_bytes=output_limit_bytes,
+                limits=limits,
                 actor_options=actor_options,
                 run_label=run_label,
             )

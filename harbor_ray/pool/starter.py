@@ -67,14 +67,12 @@ class Starter:
                     if scheduling:
                         options.pop("label_selector", None)
                         options.update(scheduling)
-                    actor = actor_class(**options).remote(host.backend_config, self.core.output_limit_bytes)
+                    actor = actor_class(**options).remote(host.backend_config, self.core.limits)
                 timeout = self.core.config.start_timeout_s
                 if build is not None:
                     timeout += host.backend_config.build_timeout_s
                 consumed = True  # Sandbox.create ends the actor if it fails
-                create = Sandbox.create(
-                    host.backend_config, spec, actor=actor, output_limit_bytes=self.core.output_limit_bytes
-                )
+                create = Sandbox.create(host.backend_config, spec, actor=actor, limits=self.core.limits)
                 sandbox = await self._until_lost(host, create, timeout)
         except BaseException as e:
             self._failed(host, key, e, build, idle_actor=None if consumed else actor)

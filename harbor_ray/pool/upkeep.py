@@ -137,7 +137,7 @@ class Upkeep:
     async def _prestart(self, host: Host) -> None:
         core = self.core
         options = actor_options(host, self.cfg, core.actor_options)
-        actor = actor_class(**options).remote(host.backend_config, core.output_limit_bytes)
+        actor = actor_class(**options).remote(host.backend_config, core.limits)
         try:
             await asyncio.wait_for(actor_call(actor.ready.remote(), "ready"), self.cfg.start_timeout_s)
         except BaseException as e:

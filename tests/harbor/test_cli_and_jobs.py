@@ -58,28 +58,29 @@ def test_ray_job_submit_runs_trials_and_logs_rewards(run_label: str, tmp_path: P
     )
     try:
         wait_http(f"http://127.0.0.1:{dashboard}/api/version", 90)
-        job = subprocess.run(
-            [
-                str(BIN / "ray"),
-                "job",
-                "submit",
-                "--address",
-                f"http://127.0.0.1:{dashboard}",
-                "--",
-                sys.executable,
-                "-m",
-                "harbor_ray",
-                "run",
-                f"tasks=[{ROOT}/examples/tasks/hello-file]",
-                f"run_label={run_label}",
-                f"jobs_dir={tmp_path}",
-                "agent=oracle",
-            ],
-            env=env(),
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        submit = [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            f"http://127.0.0.1:{dashboard}",
+            "--",
+            sys.executable,
+            "-m",
+            "harbor_ray",
+            "run",
+            f"tasks=[{ROOT}/examples/tasks/hello-file]",
+            f"run_label={run_label}",
+            f"jobs_dir={tmp_path}",
+            "agent=oracle",
+        ]
+        deadline = time.monotonic() + 90
+        while True:
+            job = subprocess.run(submit, env=env(), capture_output=True, text=True, timeout=600)
+            # The dashboard answers before the head's job agent has registered; Ray says to try again.
+            if "No available agent to submit job" not in job.stdout + job.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(1)
         logs = job.stdout + job.stderr
         assert job.returncode == 0, logs[-3000:]
         assert "succeeded" in logs

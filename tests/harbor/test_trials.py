@@ -49,9 +49,10 @@ async def test_nop_scores_zero(ray_local, run_label: str, tmp_path: Path) -> Non
 
 async def test_verifier_timeout_is_recorded_as_such(ray_local, run_label: str, tmp_path: Path) -> None:
     [record] = await run_trials(config(run_label, tmp_path, f"tasks=[{FIXTURES / 'slow-verifier'}]"))
-    assert record.error == "VerifierTimeoutError"
+    assert (record.error, record.reason, record.try_number) == ("VerifierTimeoutError", "verifier_failed", 1)
     assert record.reward is None
     assert read_results(tmp_path)[0]["error"] == "VerifierTimeoutError"
+    assert read_results(tmp_path)[0]["reason"] == "verifier_failed"
 
 
 async def test_sandbox_dying_mid_trial_is_an_error_and_the_batch_finishes(

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from support.waiting import eventually
 
 from harbor_ray import labels as L
 from harbor_ray.backends.base import SandboxSpec
@@ -31,20 +30,6 @@ def ours(docker_client: Any, run_label: str, **labels: str) -> list[Any]:
             return docker_client.containers.list(all=True, filters={"label": filters})
         except docker.errors.NotFound:  # one went away between the list and its inspect
             continue
-
-
-async def eventually(check: Callable[[], Any], what: str, seconds: float = 120.0) -> Any:
-    """Poll an (async or plain) check until it returns something truthy; fail naming `what` otherwise."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"never happened: {what}")
-        await asyncio.sleep(0.1)
 
 
 async def all_gone(docker_client: Any, run_label: str) -> None:

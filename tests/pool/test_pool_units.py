@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import pytest
@@ -172,25 +173,41 @@ def test_hosts_load_from_hydra_overrides() -> None:
 class Gcs:
     """The GCS answers the reaper needs, as data (the real GCS is used in tests/pool/test_reaper.py)."""
 
-    def __init__(self, dead_actors: set[str] = frozenset(), dead_jobs: set[str] = frozenset()) -> None:
+    def __init__(self, dead_actors: set[str] = frozenset(), dead_jobs: set[str] = frozenset(),
+                 cluster: str = "c0ffee000000") -> None:  # fmt: skip
         self.dead_actors, self.dead_jobs = dead_actors, dead_jobs
+        self.connected, self.cluster = True, cluster
 
     def actor_dead(self, actor_id: str) -> bool:
         return actor_id in self.dead_actors
 
-    def job_dead(self, owner: str) -> bool:
-        return owner in self.dead_jobs
+    def job_dead(self, job_id: str) -> bool:
+        return job_id in self.dead_jobs
 
 
 def test_reaper_rules() -> None:
     now = time.time()
-    base = L.sandbox_labels("run-a", pool="p", owner="job-01000000", ttl_s=100)
+    base = L.sandbox_labels("run-a", pool="p", owner="c0ffee000000-01000000", ttl_s=100)
     assert why_orphaned(base, "run-a", Gcs(), now) == ""
     assert why_orphaned(base, "run-a", Gcs(), now + 101) == "ttl expired"
     assert why_orphaned(base, "run-b", Gcs(), now + 101) == ""  # not this run's
     assert why_orphaned({L.RUN: "run-a"}, "run-a", Gcs(), now + 10**6) == ""  # no owner, no age: keep
     with_actor = base | {L.ACTOR: "ab12"}
     assert why_orphaned(with_actor, "run-a", Gcs(dead_actors={"ab12"}), now) == "owner actor is dead"
-    assert why_orphaned(base, "run-a", Gcs(dead_jobs={"job-01000000"}), now) == "owner job ended"
-    # with an actor label, the actor decides (job ids repeat across clusters, actor ids do not)
-    assert why_orphaned(with_actor, "run-a", Gcs(dead_jobs={"job-01000000"}), now) == ""
+    assert why_orphaned(base, "run-a", Gcs(dead_jobs={"01000000"}), now) == "owner job ended"
+    # with an actor label, the actor decides
+    assert why_orphaned(with_actor, "run-a", Gcs(dead_jobs={"01000000"}), now) == ""
+    # another cluster's job 01000000 is not ours to judge (every fresh cluster's first job has that id)
+    assert why_orphaned(base, "run-a", Gcs(dead_jobs={"01000000"}, cluster="0123456789ab"), now) == ""
+
+
+def test_reaper_takes_sandboxes_of_ended_local_owners() -> None:
+    """Made outside Ray (owner `local-<process>`): reaped once that process has ended, kept while it runs."""
+    ended = subprocess.Popen(["true"])
+    gone = L.process_id(ended.pid)
+    ended.wait()
+    now = time.time()
+    alive = L.sandbox_labels("run-a", pool="p", owner=f"local-{L.process_id()}", ttl_s=100)
+    dead = L.sandbox_labels("run-a", pool="p", owner=f"local-{gone}", ttl_s=100)
+    assert why_orphaned(alive, "run-a", Gcs(), now) == ""
+    assert why_orphaned(dead, "run-a", Gcs(), now) == "owner process is gone"

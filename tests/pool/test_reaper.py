@@ -3,6 +3,7 @@ sandbox, another run's, and anything without our full label set stay. The pool r
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import pytest
@@ -69,3 +70,47 @@ async def test_pool_reaps_orphans_when_it_starts(ray_local, run_label, docker_cl
     await eventually(lambda: dead not in {c.name for c in ours(docker_client, run_label)}, "the orphan reaped")
     await eventually(lambda: pool.stats_sync()["reaped"] == 1, "the reap counted")
     assert await pool.reap() == []
+
+
+def _exited_process() -> str:
+    """The PROCESS label value of a process of this machine that has ended (and been waited for)."""
+    proc = subprocess.Popen(["true"])
+    value = L.process_id(proc.pid)
+    proc.wait()
+    return value
+
+
+async def test_a_dead_owner_process_of_this_host_is_proof_and_nothing_else_is(
+    ray_local, run_label, docker_client
+) -> None:
+    """Owners of another cluster (not our GCS's to judge): reaped only when their process here has ended."""
+    backend = DockerBackend(CFG)
+    other_cluster = {L.OWNER: "0123456789ab-01000000", L.ACTOR: "f" * 32}  # another cluster: same job id as ours
+    space, pid, start = L.process_id().split(".")
+
+    def made(process: str) -> str:
+        spec = busybox(run_label, owner=other_cluster[L.OWNER], labels=((L.ACTOR, other_cluster[L.ACTOR]),))
+        if process:
+            spec = busybox(run_label, owner=spec.owner, labels=(*spec.labels, (L.PROCESS, process)))
+        return backend.create(spec, BUSYBOX_IMAGE).name
+
+    dead = made(_exited_process())
+    reused = made(f"{space}.{pid}.{int(start) - 1}")  # this pid, but a process started earlier: not this one
+    alive = made(L.process_id())  # this very process
+    elsewhere = made(f"00000000.{pid}.{start}")  # another machine or pid namespace: cannot be checked here
+    unlabeled = made("")  # no process label (an older version): the TTL decides
+    try:
+        assert sorted(reap(backend, run_label)) == sorted([dead, reused])
+        assert {c.name for c in ours(docker_client, run_label)} == {alive, elsewhere, unlabeled}
+    finally:
+        for name in (alive, elsewhere, unlabeled):
+            docker_client.api.remove_container(name, force=True)
+    await all_gone(docker_client, run_label)
+
+
+def test_owner_ids_carry_this_cluster_not_only_the_job_id(ray_local) -> None:
+    """Every fresh cluster's first job is 01000000; the owner adds the cluster (two clusters: tests/chaos)."""
+    owner = L.current_owner()
+    assert owner == f"{L.cluster_id()}-{ray.get_runtime_context().get_job_id()}"
+    assert L.owner_cluster(owner) == L.cluster_id()
+    assert len(L.cluster_id()) == 12

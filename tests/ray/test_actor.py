@@ -39,7 +39,7 @@ async def test_lifecycle_exec_transfer_stop(ray_local, run_label: str, docker_cl
     try:
         [container] = ours(docker_client, run_label)
         assert container.labels[L.ACTOR] == sandbox.actor._actor_id.hex()
-        assert container.labels[L.OWNER].startswith("job-")
+        assert container.labels[L.OWNER] == L.current_owner()  # <this cluster>-<this job>, the same in the actor
         result = await sandbox.exec("echo $X; exit 3", env={"X": "from-env"})
         assert (result.stdout, result.return_code) == ("from-env\n", 3)
 
@@ -139,3 +139,17 @@ async def test_cancelled_start_leaves_no_container(ray_local, run_label: str, do
     else:  # it finished before the cancel arrived
         await sandbox.stop()
     assert await wait_gone(docker_client, run_label) == []
+
+
+async def test_an_actor_whose_backend_cannot_start_raises_the_cause(ray_local, run_label: str, tmp_path: Path) -> None:
+    # The actor's __init__ raises; Ray reports that as the actor's death, with the cause only in its text.
+    from harbor_ray.backends.kubernetes.config import K8sBackendConfig
+    from harbor_ray.errors import ConfigError
+
+    missing = tmp_path / "absent-kubeconfig"
+    with pytest.raises(ConfigError) as info:
+        await Sandbox.create(K8sBackendConfig(kubeconfig=str(missing)), SandboxSpec(run_label=run_label, image="x"))
+    assert str(missing) in str(info.value)
+    assert "died" not in str(info.value)
+    assert "\x1b" not in str(info.value)
+    assert "\n" not in str(info.value)

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harbor_ray import labels as L
-from harbor_ray.backends import transfer
+from harbor_ray.backends import egress, transfer
 from harbor_ray.backends.base import ExecResult, SandboxHandle, SandboxSpec
 from harbor_ray.backends.docker import exec as X
+from harbor_ray.backends.docker import network as N
 from harbor_ray.backends.docker.config import DockerBackendConfig
 from harbor_ray.backends.docker.endpoint import check_docker_host, connection_error, first_line, make_client
 from harbor_ray.backends.images import KeyedLocks, env_image_tag
@@ -178,8 +179,9 @@ class DockerBackend:
             "name": name,
             "hostname": name[:63],
             "labels": labels,
-            "entrypoint": ["sleep"],
-            "command": [str(int(spec.ttl_s))],
+            # The image's ENTRYPOINT stays (Harbor only replaces CMD): an entrypoint that ends in `exec "$@"`
+            # then runs the sleep; without one, the sleep is PID 1's child under init.
+            "command": ["sleep", str(int(spec.ttl_s))],
             "auto_remove": True,  # when PID 1's TTL runs out, the container goes too
             "init": True,  # a real PID 1 that reaps zombies and forwards signals
             "nano_cpus": int(spec.cpus * 1e9),
@@ -191,33 +193,64 @@ class DockerBackend:
             "security_opt": ["no-new-privileges"] if spec.no_new_privileges else [],
             "privileged": False,
             "read_only": spec.read_only_root,
-            "working_dir": spec.workdir or "/",
             "environment": dict(spec.env),
         }
+        if spec.workdir:  # else the image's WORKDIR, as Harbor's Docker environment
+            kwargs["working_dir"] = spec.workdir
+        if spec.gpus:
+            kwargs["device_requests"] = [_gpu_request(spec.gpus)]
         if spec.read_only_root:
             kwargs["tmpfs"] = {"/tmp": "rw,exec,size=512m"}
         if spec.network:
             kwargs["network_mode"] = "bridge"
         else:
             kwargs["network_mode"] = "none"
+        endpoints = egress.endpoints(spec)  # bad HOST:PORT -> ConfigError before anything exists
+        kwargs["environment"] |= egress.sandbox_env(spec)
+        net: N.Egress | None = None
+        if egress.restricted(spec):
+            net = N.create_egress(self.client, name, labels, endpoints, spec.ttl_s)  # forwarders start meanwhile
+            labels[L.EGRESS_NET] = net.network
+            del kwargs["network_mode"]  # the SDK takes `network` (with its endpoint config) instead
+            endpoint = self.client.api.create_endpoint_config(ipv4_address=net.address)
+            kwargs |= {"network": net.network, "networking_config": {net.network: endpoint}, "extra_hosts": net.hosts}
+            kwargs |= N.NO_DNS
+        elif spec.network and spec.gateway:  # full network: the same gateway name, straight to it
+            kwargs["extra_hosts"] = {egress.GATEWAY_HOSTNAME: N.resolve_for_hosts(endpoints[0])}
         try:
             # create + start, not run(): run() would try to pull a missing image from a registry.
             container = self.client.containers.create(image, **kwargs)
             container.start()
         except docker.errors.ImageNotFound as e:
+            self._abandon_egress(name, net)
             msg = f"image {image}: not on the daemon at {self.endpoint.url}; build it first (ensure_image)"
             raise SandboxStartError(msg) from e
         except (requests.ConnectionError, docker.errors.DockerException) as e:
             self._remove_quietly(name)
+            self._abandon_egress(name, net)
             if isinstance(e, requests.ConnectionError):
                 raise self._unavailable(e) from e
             msg = f"container {name} from {image} did not start: {first_line(e)}"
             raise SandboxStartError(msg) from e
+        if net is not None:
+            try:
+                net.wait()
+            except BaseException:
+                self._remove_quietly(name)
+                self._abandon_egress(name, net)
+                raise
         return SandboxHandle("docker", container.id, name, self.endpoint.url, image, labels)
+
+    def _abandon_egress(self, name: str, net: N.Egress | None) -> None:
+        if net is not None:
+            net.wait(quiet=True)  # the forwarders' start must be over before they are removed
+            N.remove_egress(self.client, name, net.network)
 
     @_typed_connection_errors
     def destroy(self, handle: SandboxHandle) -> None:
         self._remove_quietly(handle.id)
+        if L.EGRESS_NET in handle.labels:
+            N.remove_egress(self.client, handle.name, handle.labels[L.EGRESS_NET])
 
     def _remove_quietly(self, ref: str) -> None:
         import docker.errors
@@ -243,6 +276,7 @@ class DockerBackend:
         return [
             SandboxHandle("docker", c["Id"], c["Names"][0].lstrip("/"), self.endpoint.url, c["Image"], c["Labels"])
             for c in self.containers(labels)
+            if (c.get("Labels") or {}).get(L.KIND) != "forwarder"  # a sandbox's companion, not a sandbox
         ]
 
     def containers(self, labels: dict[str, str], *, running_only: bool = False) -> builtins.list[dict[str, Any]]:
@@ -306,6 +340,13 @@ class DockerBackend:
                     f.write(chunk)
             transfer.unpack_member(archive, stat["name"], dest)
         os.utime(dest)
+
+
+def _gpu_request(count: int) -> Any:
+    """The NVIDIA device request Harbor's Docker environment makes for a task's GPUs."""
+    import docker.types
+
+    return docker.types.DeviceRequest(driver="nvidia", count=count, capabilities=[["gpu"]])
 
 
 @contextmanager

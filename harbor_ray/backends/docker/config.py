@@ -63,18 +63,19 @@ class DockerBackendConfig:
 
     def host_name(self) -> str | None:
         """The one place sandboxes go, or None for the local daemon of whichever Ray node runs the actor."""
-        host = (self.host or "").strip()
+        from harbor_ray.backends.docker.endpoint import check_docker_host, configured_host
+
+        host, _ = configured_host(self)  # backend.host, else DOCKER_HOST
         if self.kind == "docker" and (not host or host.startswith("unix://")):
             return None
-        from harbor_ray.backends.docker.endpoint import check_docker_host
 
         return check_docker_host(self).url
 
     def target(self) -> str:
         """Where sandboxes are created, for reports."""
-        from harbor_ray.backends.docker.endpoint import LOCAL_SOCKET
+        from harbor_ray.backends.docker.endpoint import LOCAL_SOCKET, configured_host
 
-        return self.host or LOCAL_SOCKET
+        return configured_host(self)[0] or LOCAL_SOCKET
 
     def at_url(self, url: str) -> DockerBackendConfig:
         """The same settings for another daemon (a `pool.hosts` entry's url)."""

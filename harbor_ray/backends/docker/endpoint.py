@@ -4,6 +4,9 @@ and turn connection/TLS failures into one line that names the field and the fix.
 `tcp://…:2375` or TLS off is refused unless `allow_insecure: true`, because plain-text access to a
 Docker daemon is root on that host. The client never takes its CA from REQUESTS_CA_BUNDLE or
 CURL_CA_BUNDLE: requests would silently prefer those over the TLS config's CA.
+
+With `backend.host` empty, `DOCKER_HOST` wins over the default socket, as in the docker SDK and CLI
+(`DockerEndpoint.origin` says which one was used).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class DockerEndpoint:
     tls: tuple[str, str, str] | None  # (ca, cert, key) when TLS is on
     insecure: bool  # plain text (or TLS without verifying the daemon) allowed by allow_insecure
     verify: bool = True
+    origin: str = "backend.host"  # where the URL came from: backend.host, DOCKER_HOST or the default socket
 
     @property
     def is_local(self) -> bool:
@@ -83,30 +87,42 @@ def _tls_files(cfg: DockerBackendConfig) -> tuple[str, str, str] | None:
     return files["ca_cert"], files["client_cert"], files["client_key"]
 
 
+def configured_host(cfg: DockerBackendConfig) -> tuple[str, str]:
+    """(host, where it came from): backend.host, else $DOCKER_HOST (as the docker SDK), else ("", default)."""
+    host = (cfg.host or "").strip()
+    if host:
+        return host, "backend.host"
+    env = os.environ.get("DOCKER_HOST", "").strip()
+    if env and cfg.kind == "docker":
+        return env, "DOCKER_HOST"
+    return "", "the default socket"
+
+
 def check_docker_host(cfg: DockerBackendConfig) -> DockerEndpoint:
     """Validate host, port and TLS settings (no I/O beyond checking files exist)."""
-    host = (cfg.host or "").strip()
+    host, origin = configured_host(cfg)
+    key = "DOCKER_HOST" if origin == "DOCKER_HOST" else "backend.host"
     if cfg.kind == "docker_remote" and not host:
         msg = "backend.host: docker_remote needs the daemon's address, e.g. tcp://10.0.0.5:2376"
         raise ConfigError(msg)
     if not host:
-        return DockerEndpoint(LOCAL_SOCKET, None, False)
+        return DockerEndpoint(LOCAL_SOCKET, None, False, origin=origin)
     if host.startswith("unix://"):
-        return DockerEndpoint(host, None, False)
+        return DockerEndpoint(host, None, False, origin=origin)
     if "://" not in host:
-        msg = f"backend.host={host!r}: give a URL, tcp://<host>:2376 (TLS) or unix:///var/run/docker.sock"
+        msg = f"{key}={host!r}: give a URL, tcp://<host>:2376 (TLS) or unix:///var/run/docker.sock"
         raise ConfigError(msg)
     parsed = urlparse(host)
     if parsed.scheme not in ("tcp", "https", "http"):
-        msg = f"backend.host={host!r}: scheme {parsed.scheme!r} is not supported; use tcp://<host>:2376 with TLS"
+        msg = f"{key}={host!r}: scheme {parsed.scheme!r} is not supported; use tcp://<host>:2376 with TLS"
         raise ConfigError(msg)
     try:
         port = parsed.port or TLS_PORT
     except ValueError as e:
-        msg = f"backend.host={host!r}: the port is not a number; use tcp://<host>:2376"
+        msg = f"{key}={host!r}: the port is not a number; use tcp://<host>:2376"
         raise ConfigError(msg) from e
     if not parsed.hostname:
-        msg = f"backend.host={host!r}: no host name; use tcp://<host>:2376"
+        msg = f"{key}={host!r}: no host name; use tcp://<host>:2376"
         raise ConfigError(msg)
     tls = None if parsed.scheme == "http" else _tls_files(cfg)
     plain = tls is None or not cfg.tls.verify or port == PLAIN_PORT
@@ -118,12 +134,12 @@ def check_docker_host(cfg: DockerBackendConfig) -> DockerEndpoint:
         else:
             why = "backend.tls.verify=false does not check the daemon's certificate"
         msg = (
-            f"backend.host={host}: refused, {why}; use TLS on :2376 with backend.tls.cert_path "
+            f"{key}={host}: refused, {why}; use TLS on :2376 with backend.tls.cert_path "
             "(ca.pem, cert.pem, key.pem), or set backend.allow_insecure=true on an isolated test network"
         )
         raise ConfigError(msg)
     hostname = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
-    return DockerEndpoint(f"tcp://{hostname}:{port}", tls, plain, cfg.tls.verify)
+    return DockerEndpoint(f"tcp://{hostname}:{port}", tls, plain, cfg.tls.verify, origin=origin)
 
 
 def check_tls_material(endpoint: DockerEndpoint) -> None:
@@ -256,6 +272,10 @@ def connection_error(endpoint: DockerEndpoint, e: BaseException, *, first_contac
         reason = "the connection was lost (daemon restarted or network dropped); retry, or check the daemon"
     else:
         reason = str(getattr(e, "explanation", None) or e).strip().splitlines()[0][:300] or type(e).__name__
+    if endpoint.origin == "DOCKER_HOST":
+        return BackendUnavailable(
+            f"docker at {endpoint.url} (DOCKER_HOST): {reason.replace('backend.host', 'DOCKER_HOST')}"
+        )
     return BackendUnavailable(f"docker at {endpoint.url}: {reason}")
 
 

@@ -24,6 +24,7 @@ from harbor_ray.backends import shell, transfer
 from harbor_ray.backends.base import ExecResult, SandboxHandle, SandboxSpec
 from harbor_ray.backends.kubernetes import api
 from harbor_ray.backends.kubernetes import exec as X
+from harbor_ray.backends.kubernetes import netpol as NP
 from harbor_ray.backends.kubernetes import pods as P
 from harbor_ray.backends.kubernetes.config import K8sBackendConfig
 from harbor_ray.errors import (
@@ -141,19 +142,57 @@ class KubernetesBackend:
         L.check_prefix(spec.run_label)
         name = f"{spec.run_label}-{secrets.token_hex(5)}"
         owner = spec.owner or L.current_owner()
-        labels = L.sandbox_labels(spec.run_label, pool=spec.pool, owner=owner, ttl_s=spec.ttl_s)
+        # the extra labels (owning actor and process, host) that a pod can carry; the reaper reads them
+        labels = L.sandbox_labels(spec.run_label, pool=spec.pool, owner=owner, ttl_s=spec.ttl_s) | L.valid_values(
+            dict(spec.labels)
+        )
         body = P.pod_manifest(self.config, name, spec, image, labels)
+        allowed = NP.ip_endpoints(spec)  # a hostname -> ConfigError before anything exists
+        NP.apply_to_pod(body, spec, allowed)  # labels the pod (and `labels`) harbor-ray/sandbox when restricted
         with self._create_slots:
+            if L.SANDBOX in labels:  # "gateway only": the policy first, so it holds from the pod's start
+                self._create_policy(NP.policy_manifest(name, labels, allowed))
             try:
-                self.call(self._core.create_namespaced_pod, self.namespace, body)
-            except ApiException as e:
-                self._create_failed(name, labels, e)
-            try:
-                self._wait_running(name, time.monotonic() + self.config.start_timeout_s)
+                try:
+                    self.call(self._core.create_namespaced_pod, self.namespace, body)
+                except ApiException as e:
+                    self._create_failed(name, labels, e)
+                try:
+                    self._wait_running(name, time.monotonic() + self.config.start_timeout_s)
+                except BaseException:
+                    self._delete(name, confirm=True, quiet=True)  # never leave a sandbox behind
+                    raise
             except BaseException:
-                self._delete(name, confirm=True, quiet=True)  # never leave a sandbox behind
+                self._delete_policy(name, labels, quiet=True)
                 raise
         return SandboxHandle("k8s", name, name, self.namespace, image, labels)
+
+    def _create_policy(self, body: dict[str, Any]) -> None:
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.call(client.NetworkingV1Api(self.api_client).create_namespaced_network_policy, self.namespace, body)
+        except ApiException as e:
+            if e.status != 409:  # 409: a retried create of ours went through
+                name = body["metadata"]["name"]
+                msg = f"NetworkPolicy {self.namespace}/{name} rejected by the API ({e.status}: {api.api_message(e)})"
+                raise SandboxStartError(msg) from e
+
+    def _delete_policy(self, name: str, labels: dict[str, str], *, quiet: bool = False) -> None:
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        if L.SANDBOX not in labels:
+            return
+        try:
+            self.call(client.NetworkingV1Api(self.api_client).delete_namespaced_network_policy, name, self.namespace)
+        except ApiException as e:
+            if e.status != 404 and not quiet:
+                raise
+        except BackendUnavailable:
+            if not quiet:
+                raise
 
     def _create_failed(self, name: str, labels: dict[str, str], e: Any) -> None:
         """Adopt our own pod after a retried 409; otherwise raise the right one-line error."""
@@ -200,6 +239,7 @@ class KubernetesBackend:
 
     def destroy(self, handle: SandboxHandle) -> None:
         self._delete(handle.id, confirm=True)
+        self._delete_policy(handle.name, handle.labels)
 
     def _delete(self, name: str, *, confirm: bool, quiet: bool = False) -> None:
         from kubernetes.client.exceptions import ApiException

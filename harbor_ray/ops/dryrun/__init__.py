@@ -16,7 +16,7 @@ import json
 import sys
 
 from harbor_ray.backends import entry, make_backend
-from harbor_ray.config import Config, load_config
+from harbor_ray.config import Config, load_config_explained
 from harbor_ray.errors import HarborRayError
 from harbor_ray.ops.args import add_config_args
 from harbor_ray.ops.dryrun.ray import RAY_CHECKS, RayProbe
@@ -45,9 +45,9 @@ def backend_checks(cfg: Config, *, pod: bool) -> list[Check]:
     return list(module.checks(cfg, pod=pod))
 
 
-def preflight(cfg: Config, *, pod: bool = False) -> Report:
-    """Every check the config's backend needs, then Ray's."""
-    report = Report(cfg.backend.kind, cfg.backend.target(), cfg.run_label)
+def preflight(cfg: Config, *, pod: bool = False, reason: str = "") -> Report:
+    """Every check the config's backend needs, then Ray's; `reason` says why the config chose that backend."""
+    report = Report(cfg.backend.kind, cfg.backend.target(), cfg.run_label, reason=reason)
     report.checks += backend_checks(cfg, pod=pod)
     report.checks += run_checks(RAY_CHECKS, RayProbe(cfg))
     return report
@@ -56,10 +56,10 @@ def preflight(cfg: Config, *, pod: bool = False) -> Report:
 def dryrun(overrides: list[str] | None = None, config_file: str | None = None, *, pod: bool = False) -> Report:
     """Load the config like `run` does and check it; a config error is the report's one ✗ line."""
     try:
-        cfg = load_config(overrides, config_file)
+        cfg, reason = load_config_explained(overrides, config_file)
     except HarborRayError as e:
         return Report("?", config_file or "conf/", "?", [Check("fail", str(e), name="config")])
-    return preflight(cfg, pod=pod)
+    return preflight(cfg, pod=pod, reason=reason)
 
 
 def main(argv: list[str]) -> int:

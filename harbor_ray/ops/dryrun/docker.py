@@ -36,7 +36,7 @@ from harbor_ray.ops.dryrun.report import Check, CheckSpec, fail, ok, run_checks,
 log = logging.getLogger(__name__)
 
 MIN_API_VERSION = (1, 25)  # init=True (a real PID 1) needs 1.25
-_RISKY_CAPS = {"ALL", "SYS_ADMIN", "NET_ADMIN", "SYS_PTRACE", "SYS_MODULE", "DAC_READ_SEARCH", "NET_RAW", "SYS_RAWIO"}
+RISKY_CAPS = {"ALL", "SYS_ADMIN", "NET_ADMIN", "SYS_PTRACE", "SYS_MODULE", "DAC_READ_SEARCH", "NET_RAW", "SYS_RAWIO"}
 
 
 @dataclass
@@ -113,7 +113,8 @@ def check_endpoint(p: DockerProbe) -> Check:
     except HarborRayError as e:
         return fail(str(e))
     if endpoint.is_local:
-        return ok(f"{endpoint.url} ({'the default ' if endpoint.url == LOCAL_SOCKET else ''}local socket)")
+        default = "the default " if endpoint.url == LOCAL_SOCKET else ""
+        return ok(f"{endpoint.url} ({default}local socket, from {endpoint.origin})")
     port = int(endpoint.url.rsplit(":", 1)[1])
     if endpoint.insecure:
         return warn(
@@ -127,7 +128,9 @@ def check_endpoint(p: DockerProbe) -> Check:
     note = "" if port == TLS_PORT else f" (TLS on port {port}; Docker's usual TLS port is {TLS_PORT})"
     env_ca = [k for k in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE") if os.environ.get(k)]
     ignored = f"; {'/'.join(env_ca)} ignored" if env_ca else ""
-    return ok(f"{endpoint.url} {endpoint.mode}{note}, CA {ca}, client cert {cert}{expires}{ignored}")
+    return ok(
+        f"{endpoint.url} {endpoint.mode}{note} (from {endpoint.origin}), CA {ca}, client cert {cert}{expires}{ignored}"
+    )
 
 
 def _validity(cert: str) -> str:
@@ -286,8 +289,8 @@ def check_hardening(p: DockerProbe) -> Check:
     if s.network:
         risky.append("every sandbox gets network")
     extra_caps = sorted(set(s.cap_add) - set(DEFAULT_CAP_ADD))
-    if set(extra_caps) & _RISKY_CAPS:
-        risky.append(f"cap_add grants {', '.join(sorted(set(extra_caps) & _RISKY_CAPS))}")
+    if set(extra_caps) & RISKY_CAPS:
+        risky.append(f"cap_add grants {', '.join(sorted(set(extra_caps) & RISKY_CAPS))}")
     if risky:
         return warn(f"{'; '.join(risky)} — {detail}", "revert those sandbox.* overrides unless needed")
     return ok(detail)
@@ -303,7 +306,7 @@ DOCKER_CHECKS: tuple[CheckSpec, ...] = (
     ("base image", check_base_image, ("daemon ping",)),
     ("probe container", check_probe, ("daemon ping",)),
     ("free slots", check_slots, ("daemon ping",)),
-    ("hardening", check_hardening, ()),
+    ("hardening", check_hardening, ("probe container",)),  # what a real sandbox got, never guessed
 )
 
 

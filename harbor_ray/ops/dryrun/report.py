@@ -57,6 +57,7 @@ class Report:
     target: str
     run_label: str
     checks: list[Check] = field(default_factory=list)
+    reason: str = ""  # why the config selects this backend
 
     @property
     def ok(self) -> bool:
@@ -71,7 +72,8 @@ class Report:
         return {"ok": self.ok, **fields, "counts": self.counts(), "checks": checks}
 
     def render(self) -> str:
-        lines = [f"dryrun: backend {self.backend} at {self.target} (run_label {self.run_label})"]
+        why = f"; chosen because {self.reason}" if self.reason else ""
+        lines = [f"dryrun: backend {self.backend} at {self.target} (run_label {self.run_label}){why}"]
         for c in self.checks:
             fix = f"  → fix: {c.fix}" if c.fix and c.status in ("fail", "warn") else ""
             lines.append(f"  {SYMBOLS[c.status]} {c.name}: {c.detail}{fix}")

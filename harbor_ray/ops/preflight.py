@@ -1,0 +1,112 @@
+"""`python -m harbor_ray run`: the checks made before Ray and the trials start, then the batch (harbor.runner).
+
+A run that cannot work fails here, in a second or two, with one line (exit 2 through the CLI), instead of
+after Ray started with a traceback per sandbox actor: no task given, a task.toml Harbor cannot read, a
+backend that does not answer (a missing socket, a closed port, bad TLS files, a missing, malformed or
+unreachable kubeconfig). The backend is asked once, without retries, with a short timeout. Settings dryrun
+warns about (risky capabilities, network for every sandbox) are warned about here too, and one INFO line
+says which Docker daemon is used (backend.host, DOCKER_HOST or the default socket).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+
+from harbor_ray.backends import make_backend
+from harbor_ray.backends.base import DEFAULT_CAP_ADD
+from harbor_ray.backends.docker.config import DockerBackendConfig
+from harbor_ray.backends.kubernetes.config import K8sBackendConfig
+from harbor_ray.config import Config, load_config
+from harbor_ray.errors import ConfigError
+from harbor_ray.harbor.spec import find_task_dirs
+from harbor_ray.ops.args import add_config_args
+from harbor_ray.ops.dryrun.docker import RISKY_CAPS
+
+log = logging.getLogger(__name__)
+
+PING_TIMEOUT_S = 5.0  # one request to the daemon or API server; failures that matter answer at once
+
+
+def check_docker(settings: DockerBackendConfig) -> str:
+    """'Docker 20.10 at unix:///var/run/docker.sock (the default socket)', or the one-line error."""
+    from harbor_ray.backends.docker.backend import DockerBackend
+    from harbor_ray.backends.docker.endpoint import check_tls_material
+
+    quick = dataclasses.replace(settings, timeout_s=min(settings.timeout_s, PING_TIMEOUT_S))
+    backend = DockerBackend(quick)  # validates host, port and TLS settings
+    check_tls_material(backend.endpoint)
+    version = backend.ping()
+    backend.client.close()
+    return f"Docker {version} at {backend.endpoint.url} ({backend.endpoint.origin})"
+
+
+def check_kubernetes(settings: K8sBackendConfig) -> str:
+    """'k8s API https://…:6443 answers, version v1.20', or the one-line error (kubeconfig or API)."""
+    from kubernetes import client
+    from tenacity import Retrying, stop_after_attempt
+
+    from harbor_ray.backends.kubernetes import api
+
+    backend = make_backend(settings)  # a missing or malformed kubeconfig: ConfigError naming it
+    once = Retrying(stop=stop_after_attempt(1), reraise=True)
+    version_api = client.VersionApi(backend.api_client)  # type: ignore[attr-defined]
+    host = backend.host  # type: ignore[attr-defined]
+    info = api.call(once, host, version_api.get_code, _request_timeout=(PING_TIMEOUT_S, PING_TIMEOUT_S))
+    backend.close()  # type: ignore[attr-defined]
+    return f"k8s API {host} answers, version {info.git_version}"
+
+
+def check_backend(cfg: Config) -> str:
+    """One line saying what answered; raises the backend's one-line HarborRayError when nothing does."""
+    if isinstance(cfg.backend, DockerBackendConfig):
+        return check_docker(cfg.backend)
+    if isinstance(cfg.backend, K8sBackendConfig):
+        return check_kubernetes(cfg.backend)
+    return f"{cfg.backend.target()} answers, version {make_backend(cfg.backend).ping()}"
+
+
+def warn_risky_settings(cfg: Config) -> None:
+    """The sandbox settings dryrun flags, as warnings (a run takes them, but should not do so silently)."""
+    s = cfg.sandbox
+    risky = sorted((set(s.cap_add) - set(DEFAULT_CAP_ADD)) & RISKY_CAPS)
+    if risky:
+        log.warning(
+            "sandbox.cap_add grants %s: a sandbox with them can escape its isolation; drop them unless needed",
+            ", ".join(risky),
+        )
+    if not s.no_new_privileges:
+        log.warning("sandbox.no_new_privileges=false: setuid binaries in a sandbox can gain privileges")
+    if s.network:
+        log.warning("sandbox.network=true: every sandbox gets network, whatever its task allows")
+
+
+def check_tasks(cfg: Config) -> int:
+    """How many task dirs `tasks` names; ConfigError when none, TaskError naming a bad one (as the runner)."""
+    found = {task.resolve() for raw in cfg.tasks for task in find_task_dirs(Path(raw).expanduser())}
+    if not found:
+        msg = "tasks=[]: no task to run; name task dirs or dirs of them, e.g. tasks=[examples/tasks]"
+        raise ConfigError(msg)
+    return len(found)
+
+
+def preflight(cfg: Config) -> None:
+    """Everything checked before Ray starts; the first problem raises its one-line HarborRayError."""
+    check_tasks(cfg)
+    warn_risky_settings(cfg)
+    log.info("backend: %s", check_backend(cfg))
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m harbor_ray run",
+        description="Run Harbor trials on the sandbox pool and report rewards (results.jsonl, a summary table).",
+    )
+    args = add_config_args(parser).parse_intermixed_args(argv)
+    cfg = load_config(args.overrides, args.config)
+    preflight(cfg)
+    from harbor_ray.harbor.runner import run_batch  # Ray and Harbor load only once the checks passed
+
+    return run_batch(cfg)
