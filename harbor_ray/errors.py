@@ -6,6 +6,15 @@ intact across Ray actor boundaries and are re-raised on the caller's side as the
 
 from __future__ import annotations
 
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def strip_ansi(text: str) -> str:
+    """`text` without terminal colour codes (Ray and Harbor colour their messages)."""
+    return _ANSI.sub("", text)
+
 
 class HarborRayError(Exception):
     """Root of every error harbor_ray raises on purpose."""

@@ -309,12 +309,11 @@ def _translated(
         cause = creation_error(e)
         if cause is not None:  # the actor's __init__ raised one of ours: that is the user's error, not a death
             raise cause from None
-        first = _ANSI.sub("", str(e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = errors.strip_ansi(str(e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         msg = f"{name}: its actor died during {method} ({first[:160]}){hint}"
         raise died(msg) from None
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _OUR_ERROR = re.compile(r"^harbor_ray\.errors\.(\w+): (.+)$")
 
 
@@ -326,7 +325,7 @@ def creation_error(e: BaseException) -> HarborRayError | None:
     """
     if not getattr(e, "actor_init_failed", False):
         return None
-    lines = [line for line in _ANSI.sub("", str(e)).splitlines() if line.strip()]
+    lines = [line for line in errors.strip_ansi(str(e)).splitlines() if line.strip()]
     match = _OUR_ERROR.match(lines[-1].strip()) if lines else None
     cls = getattr(errors, match.group(1), None) if match else None
     if match is None or not (isinstance(cls, type) and issubclass(cls, HarborRayError)):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import json
-import re
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,10 +16,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from harbor_ray.errors import strip_ansi
 from harbor_ray.harbor.outcome import Reason, reason_for
 
 MESSAGE_LIMIT = 300  # characters of an error message kept in a record (head and tail, see one_line)
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 
 @dataclass
@@ -52,7 +51,7 @@ def one_line(text: str | None, limit: int = MESSAGE_LIMIT) -> str | None:
     something, and when that is too long its start and its tail (a build log's failing step is at its end)."""
     if not text:
         return None
-    lines = [line.strip() for line in _ANSI.sub("", str(text)).splitlines() if line.strip()]
+    lines = [line.strip() for line in strip_ansi(str(text)).splitlines() if line.strip()]
     if not lines:
         return None
     line = lines[0]

@@ -32,7 +32,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from harbor_ray import labels as L
 from harbor_ray.backends import make_backend
 from harbor_ray.config import Config
-from harbor_ray.errors import ConfigError
 from harbor_ray.harbor.environment import PoolContext, register_context, unregister_context
 from harbor_ray.harbor.outcome import INFRASTRUCTURE, Reason, reason_for
 from harbor_ray.harbor.report import (
@@ -44,21 +43,11 @@ from harbor_ray.harbor.report import (
     reason_counts,
     record_from_result,
 )
-from harbor_ray.harbor.spec import find_task_dirs
+from harbor_ray.harbor.spec import discover_tasks
 from harbor_ray.harbor.tail import TailKill, TailKilled
 from harbor_ray.pool import SandboxPool
 
 log = logging.getLogger(__name__)
-
-
-def discover_tasks(paths: list[str]) -> list[Path]:
-    """Every task dir (with task.toml) named, or found below a named dir; each once, in order."""
-    found = [task.resolve() for raw in paths for task in find_task_dirs(Path(raw).expanduser())]
-    tasks = list(dict.fromkeys(found))
-    if not tasks:
-        msg = "tasks=[]: no task to run; name task dirs or dirs of them, e.g. tasks=[examples/tasks]"
-        raise ConfigError(msg)
-    return tasks
 
 
 def ensure_ray(cfg: Config) -> None:
@@ -232,13 +221,17 @@ class Batch:
 
 
 async def run_trials(
-    cfg: Config, *, console: Console | None = None, records: list[TrialRecord] | None = None
+    cfg: Config,
+    *,
+    console: Console | None = None,
+    records: list[TrialRecord] | None = None,
+    tasks: list[Path] | None = None,
 ) -> list[TrialRecord]:
     """Run every task × n_attempts, n_concurrent at a time; return the records (also in results.jsonl).
 
     `records`, when given, is filled as trials end, so a caller still has them after a cancellation.
     """
-    tasks = discover_tasks(cfg.tasks)
+    tasks = discover_tasks(cfg.tasks) if tasks is None else tasks
     ensure_ray(cfg)
     job_name = cfg.job_name or time.strftime("%Y-%m-%d__%H-%M-%S") + f"__{uuid.uuid4().hex[:4]}"
     job_dir = Path(cfg.jobs_dir).resolve() / job_name
@@ -302,7 +295,9 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-async def _run_until_signalled(cfg: Config, records: list[TrialRecord], stopped_by: list[int]) -> None:
+async def _run_until_signalled(
+    cfg: Config, tasks: list[Path] | None, records: list[TrialRecord], stopped_by: list[int]
+) -> None:
     """`run_trials`, with SIGTERM handled as Ctrl-C is: the run is cancelled, never killed mid-cleanup.
 
     Ray's driver turns SIGTERM into `sys.exit` wherever the main thread is, which aborts the process with a
@@ -320,11 +315,11 @@ async def _run_until_signalled(cfg: Config, records: list[TrialRecord], stopped_
         log.warning("%s: cancelling the trials and removing their sandboxes", signal.Signals(signum).name)
         main.cancel()
 
-    discover_tasks(cfg.tasks)  # a bad task list fails before Ray starts
+    tasks = discover_tasks(cfg.tasks) if tasks is None else tasks  # a bad task list fails before Ray starts
     ensure_ray(cfg)  # first: ray.init installs its own SIGTERM handler, which this one replaces
     loop.add_signal_handler(signal.SIGTERM, stop, signal.SIGTERM)
     try:
-        await run_trials(cfg, records=records)
+        await run_trials(cfg, records=records, tasks=tasks)
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
 
@@ -343,7 +338,7 @@ def _quiet_harbor_noise() -> None:
             handler.addFilter(_HarborNoise())
 
 
-def run_batch(cfg: Config) -> int:
+def run_batch(cfg: Config, tasks: list[Path] | None = None) -> int:
     """Run the batch, print the summary; exit code 0, or 1 when every trial failed.
 
     Raises Interrupted after a Ctrl-C or SIGTERM, once the trials are cancelled and recorded, the
@@ -353,7 +348,7 @@ def run_batch(cfg: Config) -> int:
     stopped_by: list[int] = []
     _quiet_harbor_noise()
     try:
-        asyncio.run(_run_until_signalled(cfg, records, stopped_by))
+        asyncio.run(_run_until_signalled(cfg, tasks, records, stopped_by))
     except (KeyboardInterrupt, asyncio.CancelledError) as e:
         print_summary(records, Console())
         raise Interrupted(stopped_by[0] if stopped_by else signal.SIGINT) from e

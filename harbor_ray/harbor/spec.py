@@ -10,7 +10,7 @@ from typing import Any
 
 from harbor_ray.backends.base import SandboxSpec
 from harbor_ray.config import Config
-from harbor_ray.errors import TaskError
+from harbor_ray.errors import ConfigError, TaskError
 
 log = logging.getLogger(__name__)
 _WARNED: set[tuple[str, str]] = set()  # (task, field) already warned about, so a batch warns once per task
@@ -142,6 +142,17 @@ def find_task_dirs(root: str | Path) -> list[Path]:
     for task_dir in found:
         check_task_toml(task_dir)
     return found
+
+
+def discover_tasks(paths: list[str]) -> list[Path]:
+    """Every task dir (with task.toml) named, or found below a named dir; each once, in order (ConfigError
+    when there is none, TaskError naming a task.toml Harbor cannot read)."""
+    found = [task.resolve() for raw in paths for task in find_task_dirs(Path(raw).expanduser())]
+    tasks = list(dict.fromkeys(found))
+    if not tasks:
+        msg = "tasks=[]: no task to run; name task dirs or dirs of them, e.g. tasks=[examples/tasks]"
+        raise ConfigError(msg)
+    return tasks
 
 
 def task_spec(cfg: Config, task_dir: Path, *, force_build: bool = False) -> SandboxSpec:

@@ -20,8 +20,7 @@ from harbor_ray.backends.base import DEFAULT_CAP_ADD
 from harbor_ray.backends.docker.config import DockerBackendConfig
 from harbor_ray.backends.kubernetes.config import K8sBackendConfig
 from harbor_ray.config import Config, load_config
-from harbor_ray.errors import ConfigError
-from harbor_ray.harbor.spec import find_task_dirs
+from harbor_ray.harbor.spec import discover_tasks
 from harbor_ray.ops.args import add_config_args
 from harbor_ray.ops.dryrun.docker import RISKY_CAPS
 
@@ -83,20 +82,13 @@ def warn_risky_settings(cfg: Config) -> None:
         log.warning("sandbox.network=true: every sandbox gets network, whatever its task allows")
 
 
-def check_tasks(cfg: Config) -> int:
-    """How many task dirs `tasks` names; ConfigError when none, TaskError naming a bad one (as the runner)."""
-    found = {task.resolve() for raw in cfg.tasks for task in find_task_dirs(Path(raw).expanduser())}
-    if not found:
-        msg = "tasks=[]: no task to run; name task dirs or dirs of them, e.g. tasks=[examples/tasks]"
-        raise ConfigError(msg)
-    return len(found)
-
-
-def preflight(cfg: Config) -> None:
-    """Everything checked before Ray starts; the first problem raises its one-line HarborRayError."""
-    check_tasks(cfg)
+def preflight(cfg: Config) -> list[Path]:
+    """Everything checked before Ray starts, returning the tasks to run; the first problem raises its one-line
+    HarborRayError."""
+    tasks = discover_tasks(cfg.tasks)
     warn_risky_settings(cfg)
     log.info("backend: %s", check_backend(cfg))
+    return tasks
 
 
 def main(argv: list[str]) -> int:
@@ -106,7 +98,7 @@ def main(argv: list[str]) -> int:
     )
     args = add_config_args(parser).parse_intermixed_args(argv)
     cfg = load_config(args.overrides, args.config)
-    preflight(cfg)
+    tasks = preflight(cfg)
     from harbor_ray.harbor.runner import run_batch  # Ray and Harbor load only once the checks passed
 
-    return run_batch(cfg)
+    return run_batch(cfg, tasks)

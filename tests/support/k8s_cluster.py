@@ -172,6 +172,28 @@ class Cluster:
         return out
 
 
+def etcd_argv(etcd: str, data_dir: Path, client_port: int, peer_port: int) -> list[str]:
+    """A one-member etcd on loopback, as both harnesses (test kubelet and real node) run it."""
+    client, peer = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+    return [
+        etcd,
+        "--name",
+        "default",
+        "--data-dir",
+        str(data_dir),
+        "--listen-client-urls",
+        client,
+        "--advertise-client-urls",
+        client,
+        "--listen-peer-urls",
+        peer,
+        "--initial-advertise-peer-urls",
+        peer,
+        "--initial-cluster",
+        f"default={peer}",
+    ]
+
+
 @contextlib.contextmanager
 def running_cluster(workdir: Path, binaries: dict[str, str], *, hollow: bool = False) -> Iterator[Cluster]:
     """Start etcd, kube-apiserver and the test kubelet in workdir; stop them and remove the kubelet's containers.
@@ -211,23 +233,7 @@ def running_cluster(workdir: Path, binaries: dict[str, str], *, hollow: bool = F
     try:
         etcd = spawn(
             "etcd",
-            [
-                binaries["ETCD"],
-                "--name",
-                "default",
-                "--data-dir",
-                str(wd / "etcd"),
-                "--listen-client-urls",
-                f"http://127.0.0.1:{etcd_port}",
-                "--advertise-client-urls",
-                f"http://127.0.0.1:{etcd_port}",
-                "--listen-peer-urls",
-                f"http://127.0.0.1:{peer_port}",
-                "--initial-advertise-peer-urls",
-                f"http://127.0.0.1:{peer_port}",
-                "--initial-cluster",
-                f"default=http://127.0.0.1:{peer_port}",
-            ],
+            etcd_argv(binaries["ETCD"], wd / "etcd", etcd_port, peer_port),
         )
         wait_ready(
             "etcd",

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from support.certs import openssl
-from support.k8s_cluster import Cluster, write_kubeconfig
+from support.k8s_cluster import Cluster, etcd_argv, write_kubeconfig
 from support.procs import HarnessError, die_with_parent, free_port, stop, tail, wait_ready
 
 # The kubelet's pod pids limit on this node (KubeletConfiguration.podPidsLimit): the sandbox's default
@@ -230,23 +230,7 @@ class RealNode:
         self.sweep_previous_sessions()
         etcd = self.spawn(
             "etcd",
-            [
-                b["ETCD"],
-                "--name",
-                "default",
-                "--data-dir",
-                str(wd / "etcd"),
-                "--listen-client-urls",
-                f"http://127.0.0.1:{etcd_port}",
-                "--advertise-client-urls",
-                f"http://127.0.0.1:{etcd_port}",
-                "--listen-peer-urls",
-                f"http://127.0.0.1:{peer}",
-                "--initial-advertise-peer-urls",
-                f"http://127.0.0.1:{peer}",
-                "--initial-cluster",
-                f"default=http://127.0.0.1:{peer}",
-            ],
+            etcd_argv(b["ETCD"], wd / "etcd", etcd_port, peer),
         )
         etcd_up = f"http://127.0.0.1:{etcd_port}/health"
         wait_ready("etcd", lambda: urllib.request.urlopen(etcd_up, timeout=2).status == 200, 30, etcd, wd / "etcd.log")
