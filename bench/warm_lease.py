@@ -3,7 +3,7 @@
     scripts/python bench/warm_lease.py [--rounds 30] [--trials 200] [--concurrency 16]
 
 Prints one JSON object:
-- `warm_lease_p50_ms` / `warm_lease_p99_ms`: acquire from a warm set (health check included);
+- `warm_lease_p50_ms` / `warm_lease_p99_ms`: acquire from a warm set (a watched sandbox: no round trip);
 - `cold_start_p50_ms`: acquire with no warm sandbox (the pool keeps idle actors ahead of demand);
 - `cold_lease_ratio`: cold acquire + first exec through the pool / raw SDK create+start + first exec
   (medians over `--rounds` interleaved rounds; raw, cold and warm in turn, order alternating);

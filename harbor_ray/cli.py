@@ -20,7 +20,7 @@ COMMANDS = {
     "run": ("harbor_ray.ops.preflight", "run Harbor trials on the sandbox pool and report rewards"),
     "dryrun": ("harbor_ray.ops.dryrun", "check that the configured backend will work, and why not"),
     "clean": ("harbor_ray.ops.clean", "delete our labeled containers/pods/images for a run prefix"),
-    "images": ("harbor_ray.ops.images", "build the project's base images that are missing (offline)"),
+    "images": ("harbor_ray.ops.images", "base images (offline); `images build tasks=…` prebuilds task images"),
     "config": ("harbor_ray.ops.show", "print the composed config, or every key with its doc (--keys)"),
     "verl-dataset": ("harbor_ray.verl.dataset", "write a verl RLHFDataset parquet from Harbor tasks"),
 }

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, Any
 
 import ray
@@ -29,7 +29,7 @@ from harbor_ray import errors
 from harbor_ray import labels as L
 from harbor_ray.backends import BackendConfig, make_backend
 from harbor_ray.backends.base import ExecResult, SandboxHandle, SandboxSpec
-from harbor_ray.backends.transfer import copy_into, pack_bounded, pack_into, unpack_then
+from harbor_ray.backends.transfer import archive_content_bytes, cap_archive, extract_member, pack_for_target
 from harbor_ray.errors import HarborRayError, SandboxGone, SandboxStartError, TransferError
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ class _SandboxActor:
         self._lifecycle = asyncio.Lock()
         self._actor_id = ray.get_runtime_context().get_actor_id() or ""
         self._uploads: dict[str, IO[bytes]] = {}  # upload id -> the pieces received so far
+        self._detached = False
+        self._served = 0  # sandboxes this process served before the current one (see recycle)
         atexit.register(self._destroy_now)
 
     def ready(self) -> str:
@@ -78,7 +80,7 @@ class _SandboxActor:
 
     async def start(self, spec: SandboxSpec) -> SandboxHandle:
         if self._handle is not None or self._stopped:
-            msg = "this SandboxActor already owns (or owned) a sandbox; start a new actor for a new sandbox"
+            msg = "this SandboxActor already owns (or owned) a sandbox; recycle() it or start a new actor"
             raise SandboxStartError(msg)
         # The actor's id and its worker process are what a reaper checks to prove the sandbox orphaned.
         own = ((L.ACTOR, self._actor_id), (L.PROCESS, L.process_id()))
@@ -88,19 +90,27 @@ class _SandboxActor:
             self._handle = await asyncio.to_thread(self._backend.create, spec, image)
             return self._handle
 
-    def _require(self) -> SandboxHandle:
-        if self._handle is None or self._stopped:
+    def _require(self, sandbox_id: str | None = None) -> SandboxHandle:
+        """The current sandbox; `sandbox_id` (every `Sandbox` call gives it) must be that sandbox's.
+
+        A recycled actor serves a new sandbox: a stale handle on the old one must reach nothing.
+        """
+        if self._handle is None or self._stopped or (sandbox_id is not None and sandbox_id != self._handle.id):
             msg = "the sandbox is not started or already stopped"
             raise SandboxGone(msg)
         return self._handle
 
-    async def exec(self, cmd: str | list[str], **kwargs: Any) -> ExecResult:
+    async def exec(self, cmd: str | list[str], sandbox_id: str | None = None, **kwargs: Any) -> ExecResult:
+        handle = self._require(sandbox_id)
         kwargs["timeout_s"] = kwargs.get("timeout_s") or self._limits.exec_timeout_s  # no exec runs unbounded
-        return await asyncio.to_thread(self._backend.exec, self._require(), cmd, **kwargs)
+        return await asyncio.to_thread(self._backend.exec, handle, cmd, **kwargs)
 
-    async def upload_part(self, upload_id: str, data: bytes, remote_path: str | None = None) -> None:
-        """One piece of a tar made by `pack`; the last one (with `remote_path`) unpacks it into the sandbox."""
-        handle = self._require()
+    async def upload_part(
+        self, upload_id: str, data: bytes, remote_path: str | None = None, sandbox_id: str | None = None
+    ) -> None:
+        """One piece of a tar made by `pack_for_target`; on the last one (with `remote_path`) the backend
+        extracts the whole archive at '/', read from the file the pieces went to: no unpacking here."""
+        handle = self._require(sandbox_id)
         part = self._uploads.get(upload_id)
         if part is None:
             part = self._uploads[upload_id] = tempfile.NamedTemporaryFile(prefix="harbor-ray-up-")  # noqa: SIM115
@@ -109,32 +119,52 @@ class _SandboxActor:
             return
         del self._uploads[upload_id]
         with part:
-            part.flush()
-            archive = Path(part.name)
-            await asyncio.to_thread(unpack_then, archive, lambda p: self._backend.upload(handle, p, remote_path))
+            size = part.tell()
+            part.seek(0)
+            await asyncio.to_thread(self._backend.put_archive, handle, part, size)
 
-    async def download_stream(self, remote_path: str) -> AsyncIterator[bytes]:
-        """The download as a tar (capped at `download_limit_bytes`), in pieces: call with num_returns="streaming"."""
-        handle = self._require()
-        with tempfile.TemporaryDirectory(prefix="harbor-ray-actor-") as tmp:
-            target = Path(tmp) / "tree" / (PurePosixPath(remote_path).name or "root")
-            archive = Path(tmp) / "download.tar"
-            await asyncio.to_thread(self._backend.download, handle, remote_path, str(target))
-            limit = self._limits.download_limit_bytes
-            dropped = await asyncio.to_thread(pack_bounded, target, limit, archive)
-            if dropped:
+    async def download_stream(self, remote_path: str, sandbox_id: str | None = None) -> AsyncIterator[str | bytes]:
+        """The archive's top member name, then the daemon's tar of remote_path in pieces (rewritten capped only
+        when its file content is over `download_limit_bytes`): call with num_returns="streaming"."""
+        handle = self._require(sandbox_id)
+        limit = self._limits.download_limit_bytes
+        with (
+            tempfile.TemporaryFile(prefix="harbor-ray-dl-") as got,
+            tempfile.TemporaryFile(prefix="harbor-ray-dl-") as capped,
+        ):
+            member = await asyncio.to_thread(self._backend.get_archive, handle, remote_path, got)
+            got.seek(0)
+            out: IO[bytes] = got
+            if await asyncio.to_thread(archive_content_bytes, got) > limit:
+                dropped = await asyncio.to_thread(cap_archive, got, limit, capped)
                 log.warning("download %s:%s capped at %d bytes (%d dropped)", handle.name, remote_path, limit, dropped)
-            with archive.open("rb") as f:
-                while chunk := await asyncio.to_thread(f.read, _CHUNK_BYTES):
-                    yield chunk
+                capped.seek(0)
+                out = capped
+            yield member
+            while chunk := await asyncio.to_thread(out.read, _CHUNK_BYTES):
+                yield chunk
 
-    async def health(self) -> bool:
+    async def health(self, sandbox_id: str | None = None) -> bool:
         """True when the sandbox answers a trivial command."""
         try:
-            result = await asyncio.to_thread(self._backend.exec, self._require(), ["true"], timeout_s=30)
+            result = await asyncio.to_thread(self._backend.exec, self._require(sandbox_id), ["true"], timeout_s=30)
         except HarborRayError:
             return False
         return result.return_code == 0
+
+    async def watch(self, sandbox_id: str | None = None) -> str:
+        """Return once the sandbox is gone (its container exited or was removed): "gone"; or at once
+        "unsupported" when the backend cannot wait for that. Lets a pool hand out warm sandboxes without
+        a health check: it learns of a death when this call returns (or the actor dies)."""
+        handle = self._require(sandbox_id)
+        wait_gone = getattr(self._backend, "wait_gone", None)
+        if wait_gone is None:
+            return "unsupported"
+        try:
+            await asyncio.to_thread(wait_gone, handle)
+        except HarborRayError as e:
+            log.info("watch of %s ended: %s", handle.name, e)
+        return "gone"
 
     def info(self) -> dict[str, Any]:
         return {
@@ -143,15 +173,39 @@ class _SandboxActor:
             "actor_id": self._actor_id,
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
+            "served": self._served,
+            "pending_uploads": len(self._uploads),
         }
 
     async def stop(self) -> None:
         async with self._lifecycle:  # a start still creating the container finishes first, then is undone
             await asyncio.to_thread(self._destroy_now)
 
-    def detach(self) -> None:
+    def detach(self, sandbox_id: str | None = None) -> None:
         """Keep the sandbox when this actor ends (Harbor's delete=false): it lives until its TTL or a clean."""
+        self._require(sandbox_id)
         self._stopped = True
+        self._detached = True
+
+    async def recycle(self, max_served: int = 0) -> int:
+        """After `stop()`, forget the old sandbox so this process can serve a new one; returns how many
+        sandboxes it has served. Nothing of the old one stays: its container is destroyed (stop), its
+        pending upload pieces are deleted, and calls naming its id raise SandboxGone. A detached sandbox
+        (still running) is never recycled over."""
+        async with self._lifecycle:
+            if not self._stopped or self._detached:
+                msg = "recycle: the sandbox is still alive (stop it first) or was detached"
+                raise SandboxStartError(msg)
+            if max_served and self._served + 1 >= max_served:
+                msg = f"recycle: this process served {self._served + 1} sandboxes, its bound"
+                raise SandboxStartError(msg)
+            for part in self._uploads.values():
+                part.close()  # a NamedTemporaryFile: closing deletes it
+            self._uploads.clear()
+            self._handle = None
+            self._stopped = False
+            self._served += 1
+            return self._served
 
     def _destroy_now(self) -> None:
         if self._handle is not None and not self._stopped:
@@ -159,6 +213,7 @@ class _SandboxActor:
             try:
                 self._backend.destroy(self._handle)
             except HarborRayError as e:
+                self._detached = True  # it may still run: this process is then never recycled over it
                 log.warning("could not destroy %s: %s", self._handle.name, e)
         self._stopped = True
 
@@ -234,9 +289,10 @@ class Sandbox:
             msg = f"upload: {src} does not exist"
             raise TransferError(msg)
         upload_id = uuid.uuid4().hex
+        image_tar = self.handle.kind == "k8s"  # the pod's own tar extracts it (see KubernetesBackend.put_archive)
         with tempfile.TemporaryFile(prefix="harbor-ray-up-") as f:
-            await asyncio.to_thread(pack_into, src, f)
-            f.seek(0)
+            # Packed once, here, for the daemon: the actor passes it through untouched.
+            await asyncio.to_thread(pack_for_target, str(src), remote_path, image_tar=image_tar, into=f)
             chunk = await asyncio.to_thread(f.read, _CHUNK_BYTES)
             while True:  # in pieces, so neither side holds a large upload whole
                 following = await asyncio.to_thread(f.read, _CHUNK_BYTES)
@@ -246,13 +302,24 @@ class Sandbox:
                 chunk = following
 
     async def download(self, remote_path: str, local_path: str | Path) -> None:
-        """Copy a file or directory out (capped at `sandbox.download_limit_bytes`), streamed through a temp file."""
-        with tempfile.TemporaryDirectory(prefix="harbor-ray-dl-") as tmp:
-            archive = Path(tmp) / "download.tar"
-            with _translated("download", self.handle.name), archive.open("wb") as f:
-                async for ref in self.actor.download_stream.options(num_returns="streaming").remote(remote_path):
-                    await asyncio.to_thread(f.write, await ref)
-            await asyncio.to_thread(unpack_then, archive, lambda p: copy_into(Path(p), Path(local_path)))
+        """Copy a file or directory out (capped at `sandbox.download_limit_bytes`), streamed through a temp file
+        and extracted once, into place."""
+        self._refuse_if_stopped()
+        member: str | None = None
+        stream = self.actor.download_stream.options(num_returns="streaming")
+        with tempfile.TemporaryFile(prefix="harbor-ray-dl-") as f:
+            with _translated("download", self.handle.name):
+                async for ref in stream.remote(remote_path, sandbox_id=self.handle.id):
+                    piece = await ref
+                    if member is None:
+                        member = str(piece)  # the stream opens with the archive's top member name
+                        continue
+                    await asyncio.to_thread(f.write, piece)
+            if member is None:
+                msg = f"download of {self.handle.name}:{remote_path}: the actor sent nothing"
+                raise TransferError(msg)
+            f.seek(0)
+            await asyncio.to_thread(extract_member, f, member, Path(local_path))
 
     async def health(self) -> bool:
         try:
@@ -260,25 +327,53 @@ class Sandbox:
         except SandboxGone:
             return False
 
+    async def watch(self) -> str:
+        """Until the sandbox is gone: "gone" (its actor's death too); "unsupported" at once when the backend
+        cannot tell."""
+        try:
+            return str(await self._call("watch"))
+        except SandboxGone:
+            return "gone"
+
     async def detach(self) -> None:
         """Leave the container running after `stop()` ends the actor (for debugging a trial)."""
         await self._call("detach")
 
-    async def stop(self) -> None:
-        """Destroy the sandbox and end the actor; also works when the actor already died."""
+    async def stop(self, *, keep_actor: bool = False, max_served: int = 0) -> Any:
+        """Destroy the sandbox and end the actor; also works when the actor already died.
+
+        With `keep_actor`, the actor is recycled instead of ended and returned (a pool keeps it idle for its
+        next sandbox); None when it could not be (it died, was detached, or served `max_served` sandboxes
+        already), and then it is ended.
+        """
         if self._stopped:
-            return
+            return None
         self._stopped = True
         try:
             await call_actor(self.actor.stop.remote(), "stop")
         except HarborRayError:
             await asyncio.to_thread(self._destroy_from_here)
+        else:
+            if keep_actor:
+                try:
+                    await call_actor(self.actor.recycle.remote(max_served), "recycle")
+                    return self.actor
+                except HarborRayError as e:
+                    log.debug("not recycling %s: %s", self.handle.name, e)
         await _stop_actor(self.actor)
+        return None
 
     def _destroy_from_here(self) -> None:
         make_backend(self._backend_config).destroy(self.handle)
 
+    def _refuse_if_stopped(self) -> None:
+        if self._stopped:  # released: the actor may serve another sandbox by now
+            msg = f"{self.handle.name}: the sandbox is stopped"
+            raise SandboxGone(msg)
+
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        self._refuse_if_stopped()
+        kwargs["sandbox_id"] = self.handle.id  # the actor refuses a call meant for its previous sandbox
         return await call_actor(getattr(self.actor, method).remote(*args, **kwargs), method, self.handle.name)
 
 

@@ -7,7 +7,7 @@ actor runs them in a thread so their blocking calls never stall an event loop.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import IO, Any, ClassVar, Protocol, runtime_checkable
 
 __all__ = ["DEFAULT_CAP_ADD", "Backend", "BackendSettings", "ExecResult", "SandboxHandle", "SandboxSpec"]
 
@@ -75,7 +75,7 @@ class ExecResult:
 
 @runtime_checkable
 class Backend(Protocol):
-    """Sandbox I/O for one kind of host. Eight members; errors are `HarborRayError` leaves."""
+    """Sandbox I/O for one kind of host. Ten members; errors are `HarborRayError` leaves."""
 
     kind: str
 
@@ -110,6 +110,15 @@ class Backend(Protocol):
 
     def download(self, handle: SandboxHandle, remote_path: str, local_path: str) -> None:
         """Copy a remote file or directory to local_path (the full target path)."""
+        ...
+
+    def put_archive(self, handle: SandboxHandle, archive: IO[bytes], size: int) -> None:
+        """Extract at '/' the tar `archive` (`size` bytes, members named by full path without the leading '/',
+        as `transfer.pack_for_target` makes them), streamed from the file, never read whole."""
+        ...
+
+    def get_archive(self, handle: SandboxHandle, remote_path: str, sink: IO[bytes]) -> str:
+        """Write a tar of remote_path into sink as it arrives; return the name of its top member."""
         ...
 
     def destroy(self, handle: SandboxHandle) -> None:

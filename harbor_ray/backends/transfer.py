@@ -2,32 +2,33 @@
 
 Every path here is a full target path: uploading `a.txt` to `/work/b.txt` creates `/work/b.txt`. Nothing is
 lost on the way: symlinks stay links, modes are kept, a directory merges into an existing directory, and
-a file replaces a directory (or a file) at its target. `pack_bounded` caps what a download brings back:
+a file replaces a directory (or a file) at its target. `cap_archive` caps what a download brings back:
 files past the budget keep their tail, after a one-line marker.
+
+An upload is one archive end to end (`pack_for_target` by the caller, extracted at '/' by the daemon); a
+download is the daemon's archive, capped only when over the limit, extracted once by the caller (`extract_member`).
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from harbor_ray.errors import TransferError
 
 __all__ = [
-    "copy_into",
-    "pack",
-    "pack_bounded",
+    "archive_content_bytes",
+    "cap_archive",
+    "extract_member",
+    "move_into",
     "pack_for_target",
-    "pack_into",
     "truncation_marker",
-    "unpack_member",
-    "unpack_then",
     "upload_paths",
 ]
 
@@ -53,21 +54,8 @@ def _as_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-def pack(path: Path) -> bytes:
-    """A tar of one file or directory, the entry named after the path's last component."""
-    buf = io.BytesIO()
-    pack_into(path, buf)
-    return buf.getvalue()
-
-
-def pack_into(path: Path, into: IO[bytes]) -> None:
-    """`pack`, written to an open file as it is read."""
-    with tarfile.open(fileobj=into, mode="w") as tar:
-        tar.add(str(path), arcname=path.name or "root", recursive=True)
-
-
 def truncation_marker(limit: int, dropped: int) -> bytes:
-    """The line that starts a file cut by `pack_bounded`."""
+    """The line that starts a file cut by `cap_archive`."""
     return f"[harbor-ray: download capped at {limit} bytes; the first {dropped} bytes of this file dropped]\n".encode()
 
 
@@ -90,50 +78,18 @@ class _Prefixed(io.RawIOBase):
         return len(out)
 
 
-def pack_bounded(path: Path, limit: int, into: Path) -> int:
-    """Write a tar of `path` (entry named like `pack`'s) to the file `into`, with at most `limit` bytes of file
-    content: files are taken in name order, and each one past the budget keeps only its last bytes that fit,
-    after a `truncation_marker` line. Returns the bytes dropped. The archive is written as it is read, so
-    neither the files nor the archive are ever held in memory.
-    """
-    budget, dropped = limit, 0
-    with tarfile.open(into, mode="w") as tar:
-
-        def add(p: Path, arcname: str) -> None:
-            nonlocal budget, dropped
-            info = tar.gettarinfo(str(p), arcname=arcname)
-            if not info.isreg():
-                tar.addfile(info)
-                if info.isdir():
-                    for child in sorted(os.listdir(p)):
-                        add(p / child, f"{arcname}/{child}")
-                return
-            keep = min(info.size, max(budget, 0))
-            budget -= keep
-            with p.open("rb") as f:
-                if keep == info.size:
-                    tar.addfile(info, f)
-                    return
-                cut = info.size - keep
-                dropped += cut
-                marker = truncation_marker(limit, cut)
-                f.seek(cut)
-                info.size = keep + len(marker)
-                tar.addfile(info, io.BufferedReader(_Prefixed(marker, f)))
-
-        add(path, path.name or "root")
-    return dropped
-
-
-def pack_for_target(local_path: str, remote_path: str, *, image_tar: bool = False) -> tuple[IO[bytes], int]:
+def pack_for_target(
+    local_path: str, remote_path: str, *, image_tar: bool = False, into: IO[bytes] | None = None
+) -> tuple[IO[bytes], int]:
     """A tar of local_path whose member is remote_path without its leading '/', to extract at '/'.
 
     Extracting at '/' then creates the target's missing parents. With `image_tar` the sandbox image's own
     `tar` (busybox or GNU, as root) extracts it: GNU headers, which both read, and members owned by root
-    rather than by this machine's uid. Returns the archive (rewound; the caller closes it) and its size.
+    rather than by this machine's uid. Written to `into` (an open file at its start) or to a spooled
+    temporary file; returns the archive (rewound; the caller closes it) and its size.
     """
     src, target = upload_paths(local_path, remote_path)
-    buf = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)  # noqa: SIM115 - returned to the caller
+    buf = into if into is not None else tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)  # noqa: SIM115
     fmt, owner = (tarfile.GNU_FORMAT, _as_root) if image_tar else (tarfile.DEFAULT_FORMAT, None)
     root = str(target).lstrip("/") or "."
     # A directory goes in by its contents, like Harbor's `docker cp dir/. main:target`: an existing target keeps
@@ -149,39 +105,92 @@ def pack_for_target(local_path: str, remote_path: str, *, image_tar: bool = Fals
     return buf, size  # type: ignore[return-value]
 
 
-def _extract(archive: Path | bytes, into: str) -> list[str]:
-    with tarfile.open(archive) if isinstance(archive, Path) else tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        names = tar.getnames()
-        tar.extractall(into, filter="tar")
-    return names
+def _content_bytes(members: list[tarfile.TarInfo]) -> int:
+    return sum(m.size for m in members if m.isreg())
 
 
-def unpack_member(archive: Path, member: str, dest: Path) -> None:
-    """Extract a downloaded tar and copy its entry `member` to dest (the full target path)."""
-    with tempfile.TemporaryDirectory(prefix="harbor-ray-dl-") as tmp:
-        _extract(archive, tmp)
-        copy_into(Path(tmp) / member, dest)
+def _path_order(member: tarfile.TarInfo) -> list[str]:
+    # A depth-first walk taking each directory's entries by name: the same files keep content whatever order
+    # the daemon wrote them in.
+    return member.name.rstrip("/").split("/")
 
 
-def unpack_then(data: bytes | Path, use: Callable[[str], None]) -> None:
-    """Extract a tar made by `pack` (bytes, or a file) into a temporary directory; call `use` with its entry's path."""
-    with tempfile.TemporaryDirectory(prefix="harbor-ray-actor-") as tmp:
-        names = _extract(data, tmp)
-        if not names:
-            msg = "upload: empty archive"
-            raise TransferError(msg)
-        use(str(Path(tmp) / names[0].split("/")[0]))
+def cap_archive(archive: IO[bytes], limit: int, into: IO[bytes]) -> int:
+    """Copy the tar `archive` (a seekable file) to `into` capped: at most `limit` bytes of
+    file content, files taken in name order, each past the budget keeping only its last bytes after a
+    `truncation_marker` line. Returns the bytes dropped. Only headers are held; content is copied in blocks,
+    and a cut file's dropped head is seeked past, never read.
+    """
+    with tarfile.open(fileobj=archive, mode="r:") as src:
+        members = src.getmembers()
+        keep: dict[int, int] = {}
+        budget = limit
+        for m in sorted((m for m in members if m.isreg()), key=_path_order):
+            keep[id(m)] = min(m.size, max(budget, 0))
+            budget -= keep[id(m)]
+        dropped = 0
+        with tarfile.open(fileobj=into, mode="w", format=src.format) as out:
+            for m in members:
+                if not m.isreg():
+                    out.addfile(m)
+                    continue
+                f = src.extractfile(m)
+                assert f is not None  # a regular member always has a file object
+                kept = keep[id(m)]
+                if kept == m.size:
+                    out.addfile(m, f)
+                    continue
+                cut = m.size - kept
+                dropped += cut
+                marker = truncation_marker(limit, cut)
+                f.seek(cut)
+                info = copy.copy(m)
+                info.size = kept + len(marker)
+                out.addfile(info, io.BufferedReader(_Prefixed(marker, f)))
+    return dropped
 
 
-def copy_into(src: Path, dest: Path) -> None:
-    """Copy src to dest, the full target path: a directory merges into a directory there (or a link to one),
-    anything else replaces what is there; links inside src are copied as links."""
+def archive_content_bytes(archive: IO[bytes]) -> int:
+    """The file content a tar holds (headers only are read); the file is rewound after."""
+    with tarfile.open(fileobj=archive, mode="r:") as tar:
+        total = _content_bytes(tar.getmembers())
+    archive.seek(0)
+    return total
+
+
+def extract_member(archive: Path | IO[bytes], member: str, dest: Path) -> None:
+    """Extract the entry `member` of a downloaded tar (a path, or a file at its start) to dest (the full
+    target path), a directory merging into a directory there, anything else replacing what is there.
+
+    The archive is extracted once, into a temporary directory beside dest (so on its filesystem), and the
+    entry is then moved into place: renamed, not copied again.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if src.is_dir() and not src.is_symlink():
-        if (dest.is_symlink() or dest.exists()) and not dest.is_dir():
-            dest.unlink()
-        shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".harbor-ray-dl-", dir=dest.parent) as tmp:
+        root = Path(tmp) / "x"  # the entry may be "." (a download of '/'): never the temporary directory itself
+        opened = tarfile.open(archive) if isinstance(archive, Path) else tarfile.open(fileobj=archive, mode="r:")
+        with opened as tar:
+            top = member.rstrip("/") or "."
+            wanted = [m for m in tar if top == "." or m.name == top or m.name.startswith(f"{top}/")]
+            if not wanted:
+                msg = f"download: {member} is not in the archive"
+                raise TransferError(msg)
+            tar.extractall(root, members=wanted, filter="tar")
+        move_into(root / top, dest)
+    os.utime(dest, follow_symlinks=False)  # arrived now, whatever the sandbox's clock said
+
+
+def move_into(src: Path, dest: Path) -> None:
+    """Put src at dest by renames (src and dest on one filesystem): a directory merges into a directory at dest,
+    anything else replaces what is there."""
+    src_dir = src.is_dir() and not src.is_symlink()
+    dest_dir = dest.is_dir() and not dest.is_symlink()
+    if src_dir and dest.is_dir():  # a link to a directory is merged into
+        for child in sorted(os.listdir(src)):
+            move_into(src / child, dest / child)
         return
-    if dest.is_dir() and not dest.is_symlink():
+    if dest_dir:
         shutil.rmtree(dest)
-    shutil.copy2(src, dest, follow_symlinks=False)
+    elif dest.is_symlink() or dest.exists():
+        dest.unlink()
+    os.replace(src, dest)

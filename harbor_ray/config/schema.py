@@ -80,6 +80,10 @@ class PoolConfig:
         health_interval_s: background health checks of warm sandboxes (0: only at hand-out).
         reap_interval_s: how often orphaned sandboxes are looked for (0: only at pool start).
         shared: `SandboxPool.from_config` uses one named pool actor for the whole Ray cluster.
+        keep_actors_s: a released sandbox's actor process is recycled (kept idle for a next sandbox) while
+            idle actors plus leases stay under the peak in use during this window; an idle actor unused
+            this long ends (0: every actor ends with its sandbox).
+        actor_max_sandboxes: sandboxes one actor process serves before it ends (recycling's bound).
     """
 
     name: str = "harbor-ray"
@@ -99,6 +103,8 @@ class PoolConfig:
     health_interval_s: float = 30.0
     reap_interval_s: float = 30.0
     shared: bool = True
+    keep_actors_s: float = 600.0
+    actor_max_sandboxes: int = 100
 
 
 @dataclass
@@ -243,6 +249,8 @@ _POOL_NOT_NEGATIVE = (
     "circuit_reset_s",
     "health_interval_s",
     "reap_interval_s",
+    "keep_actors_s",
+    "actor_max_sandboxes",
 )
 
 

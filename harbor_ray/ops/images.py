@@ -5,7 +5,8 @@
 - `harbor-ray/busybox:latest`: busybox-static and its applet links, for the fastest tests.
 
 Run as `python -m harbor_ray images [--only REF]` (scripts/images.sh). A second run finds both
-images by tag and returns at once.
+images by tag and returns at once. `python -m harbor_ray images build tasks=…` prebuilds a dataset's task
+images instead (harbor_ray/ops/prebuild.py).
 """
 
 from __future__ import annotations
@@ -143,6 +144,10 @@ def ensure_base_images(client, which: tuple[str, ...] = (BUSYBOX_IMAGE, BASE_IMA
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["build"]:  # the task images' subcommand; no subcommand keeps meaning the base images
+        from harbor_ray.ops.prebuild import main as build_main
+
+        return build_main(argv[1:])
     import docker
 
     parser = argparse.ArgumentParser(

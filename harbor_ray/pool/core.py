@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from dataclasses import replace
 from typing import Any
 
@@ -37,6 +38,25 @@ _LEASE_GRACE_S = 60.0  # a lease held this long past its sandbox's TTL is taken 
 
 def _retryable(e: BaseException) -> bool:
     return isinstance(e, SandboxStartError | BackendUnavailable | SandboxGone) and not isinstance(e, CircuitOpen)
+
+
+class Demand:
+    """The peak number of sandboxes in use (leased or waited for) during the last `window_s`."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def note(self, in_use: int) -> None:
+        while self._samples and self._samples[-1][1] <= in_use:
+            self._samples.pop()  # older and not above the new value: never the peak again
+        self._samples.append((time.monotonic(), in_use))
+
+    def peak(self) -> int:
+        now = time.monotonic()
+        while self._samples and now - self._samples[0][0] > self.window_s:
+            self._samples.popleft()
+        return self._samples[0][1] if self._samples else 0
 
 
 class PoolCore:
@@ -74,6 +94,8 @@ class PoolCore:
         self._gang_lock = asyncio.Lock()
         self.upkeep: Upkeep | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.demand = Demand(config.keep_actors_s)
+        self._idle_since: dict[Any, float] = {}  # recycled idle actor -> when it went idle
 
     async def ensure_started(self) -> None:
         if self.upkeep is not None or self.closed:
@@ -133,6 +155,16 @@ class PoolCore:
         self.free(host)
         return True
 
+    def _drop_an_idle_actor(self, avoid: set[str], new_only: bool) -> None:
+        """No place for a lease, but an idle actor it cannot use holds a slot (on a host it avoids, or it
+        needs a new actor): end that actor, so the pool-wide bound frees a slot."""
+        if self.used() < self.config.max_sandboxes:
+            return
+        for host in self.hosts.values():
+            if host.idle and (new_only or host.name in avoid):
+                self.drop_idle(host, host.idle[-1])
+                return
+
     def host_lost(self, host: Host) -> None:
         """The host has no Ray node any more: end its idle actors, destroy its warm sandboxes."""
         for actor in list(host.idle):
@@ -141,7 +173,27 @@ class PoolCore:
 
     def record_lease(self, lease_id: str, entry: Entry) -> None:
         self.leases[lease_id] = entry
+        self.demand.note(len(self.leases) + self.waiters)
         self.wake()
+
+    def _keeps_actor(self, host: Host) -> bool:
+        """Recycle a released sandbox's actor? While idle actors plus leases stay under the recent peak."""
+        if not self.config.keep_actors_s or self.closed or not host.alive:
+            return False
+        idle = sum(len(h.idle) for h in self.hosts.values())
+        return idle + len(self.leases) < self.demand.peak()
+
+    def trim_idle(self, now: float) -> None:
+        """End recycled idle actors unused for `keep_actors_s`, beyond the `prestart_actors` kept anyway."""
+        spare = sum(len(h.idle) for h in self.hosts.values()) - self.config.prestart_actors
+        for host in self.hosts.values():
+            for actor in list(host.idle):
+                since = self._idle_since.get(actor)
+                if spare > 0 and since is not None and now - since > self.config.keep_actors_s:
+                    self._idle_since.pop(actor, None)
+                    if self.drop_idle(host, actor):
+                        spare -= 1
+        self._idle_since = {a: t for a, t in self._idle_since.items() if any(a in h.idle for h in self.hosts.values())}
 
     # -- wake-ups and tasks --------------------------------------------------------------------------
 
@@ -271,6 +323,7 @@ class PoolCore:
         """`claim` a place for a lease, waiting while every host is full; None: a warm sandbox of `key` is ready."""
         deadline = time.monotonic() + self.config.start_timeout_s
         self.waiters += 1
+        self.demand.note(len(self.leases) + self.waiters)
         try:
             while True:
                 if self.closed:
@@ -281,6 +334,7 @@ class PoolCore:
                 place = self.claim(avoid=avoid, new_only=new_only)
                 if place is not None:
                     return place
+                self._drop_an_idle_actor(avoid, new_only)
                 error = hopeless(list(self.hosts.values()), self.config, deadline)
                 if error is not None:
                     raise error
@@ -329,19 +383,29 @@ class PoolCore:
 
     # -- stopping ------------------------------------------------------------------------------------
 
-    async def discard(self, entry: Entry) -> None:
-        """Destroy a sandbox (its actor too) and free its slot."""
+    async def discard(self, entry: Entry, *, recycle: bool = True) -> None:
+        """Destroy a sandbox and free its slot; its actor process is recycled as an idle actor (keeping the
+        slot) when recent demand wants it, else ended."""
+        actor = None
+        # A gang member's actor lives in its placement group's bundle, which goes with the group.
+        keep = recycle and entry.group is None and self._keeps_actor(entry.host)
         try:
-            await asyncio.wait_for(entry.sandbox.stop(), _STOP_TIMEOUT_S)
+            stop = entry.sandbox.stop(keep_actor=keep, max_served=self.config.actor_max_sandboxes)
+            actor = await asyncio.wait_for(stop, _STOP_TIMEOUT_S)
         except (TimeoutError, HarborRayError, ray.exceptions.RayError) as e:
             self.maybe_orphans = True
             log.warning("could not stop sandbox %s: %s", entry.sandbox.handle.name, e)
         finally:
-            self.free(entry.host)
+            if actor is not None and self.keep_idle(entry.host, actor):
+                self._idle_since[actor] = time.monotonic()
+                self.metrics.count("actors_recycled")
+                self.wake()
+            elif actor is None:
+                self.free(entry.host)
 
-    def destroy_later(self, entry: Entry) -> asyncio.Task[None]:
+    def destroy_later(self, entry: Entry, *, recycle: bool = True) -> asyncio.Task[None]:
         """`discard` in the background."""
-        return self.spawn(self.discard(entry))
+        return self.spawn(self.discard(entry, recycle=recycle))
 
     # -- reporting and shutdown ----------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ class Entry:
     key: SandboxSpec
     started: float  # time.monotonic()
     group: Any = None  # the placement group of a gang lease
+    watch: asyncio.Future[str] | None = None  # while warm: returns when the sandbox is gone (WarmSet)
 
 
 class Starter:

@@ -84,6 +84,7 @@ class Upkeep:
                 self._last_reap = now
                 self._reaping = asyncio.get_running_loop().create_task(self.reap())
         core.expire(now)
+        core.trim_idle(now)
         if not core.waiters and not core.closed and core.refill(now):
             self._prestart_actors()
         warm = len(core.warm.entries())

@@ -1,4 +1,9 @@
-"""Warm sandboxes: started ahead of leases, per spec, and handed out only after a health check.
+"""Warm sandboxes: started ahead of leases, per spec, and never handed out dead.
+
+Each warm sandbox is watched (its actor's `watch` returns when the container exits or is removed, and
+fails when the actor dies), so a hand-out needs no round trip: a watched sandbox whose watch has not
+fired is alive as far as anything can know. Where the backend cannot watch, the hand-out runs a health
+check. A background check (`pool.health_interval_s`) still catches a sandbox that runs but stopped answering.
 
 A spec is kept warm (`pool.warm_per_image`) once it has been leased recently, plus the credits
 `prewarm(spec, n)` gave it. A warm sandbox past half its TTL is destroyed; at capacity with leases
@@ -41,7 +46,7 @@ async def healthy(entry: Entry) -> bool:
 class WarmSet:
     """The warm sandboxes of one pool, oldest first per spec, and how many each spec should have."""
 
-    def __init__(self, config: PoolConfig, metrics: PoolMetrics, drop: Callable[[Entry], asyncio.Task[None]]) -> None:
+    def __init__(self, config: PoolConfig, metrics: PoolMetrics, drop: Callable[..., asyncio.Task[None]]) -> None:
         self.config = config
         self.metrics = metrics
         self._drop = drop
@@ -98,6 +103,15 @@ class WarmSet:
     def add(self, entry: Entry) -> None:
         self._queues.setdefault(entry.key, deque()).append(entry)
         self.metrics.count("warmed")
+        entry.watch = asyncio.ensure_future(entry.sandbox.watch())
+        entry.watch.add_done_callback(lambda fut: self._watch_ended(entry, fut))
+
+    def _watch_ended(self, entry: Entry, fut: asyncio.Future[str]) -> None:
+        if fut.cancelled() or (fut.exception() is None and fut.result() == "unsupported"):
+            return  # handed out (the watch is not needed any more), or the backend cannot watch
+        if self._remove(entry):
+            log.info("warm sandbox %s is gone; replacing it", entry.sandbox.handle.name)
+            self._replace(entry)
 
     # -- hand-out and replacement ----------------------------------------------------------------------
 
@@ -115,6 +129,10 @@ class WarmSet:
         queue = self._queues.get(key)
         while queue:
             entry = queue.popleft()
+            if entry.watch is not None and not entry.watch.done():
+                entry.watch.cancel()  # alive: its watch would have ended (and removed it) otherwise
+                self.metrics.count("warm_hits")
+                return entry
             try:
                 ok = await healthy(entry)
             except BaseException:
@@ -138,7 +156,7 @@ class WarmSet:
         self.metrics.count("replaced")
         self.metrics.failure("UnhealthyWarmSandbox")
         log.info("warm sandbox %s failed its health check; replacing it", entry.sandbox.handle.name)
-        self._drop(entry)
+        self._drop(entry, recycle=False)  # its actor may be what failed
 
     def _remove(self, entry: Entry) -> bool:
         queue = self._queues.get(entry.key)

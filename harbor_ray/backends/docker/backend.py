@@ -10,7 +10,6 @@ from __future__ import annotations
 import builtins
 import functools
 import logging
-import os
 import ssl
 import tempfile
 import time
@@ -18,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from harbor_ray import labels as L
 from harbor_ray.backends import egress, transfer
@@ -252,6 +251,21 @@ class DockerBackend:
         if L.EGRESS_NET in handle.labels:
             N.remove_egress(self.client, handle.name, handle.labels[L.EGRESS_NET])
 
+    def wait_gone(self, handle: SandboxHandle) -> None:
+        """Block until the container is no longer running (exited, killed or removed).
+
+        The wait holds one of the client's pooled connections for the sandbox's life; other calls use others.
+        """
+        import docker.errors
+        import requests
+
+        try:
+            self.client.api.wait(handle.id, timeout=None)
+        except docker.errors.NotFound:
+            return
+        except (docker.errors.DockerException, requests.RequestException, OSError) as e:
+            raise self._unavailable(e) from e
+
     def _remove_quietly(self, ref: str) -> None:
         import docker.errors
 
@@ -319,27 +333,57 @@ class DockerBackend:
 
     @_typed_connection_errors
     def upload(self, handle: SandboxHandle, local_path: str, remote_path: str) -> None:
-        archive, _ = transfer.pack_for_target(local_path, remote_path)
+        archive, size = transfer.pack_for_target(local_path, remote_path)
+        with archive:
+            self.put_archive(handle, archive, size, what=f"upload to {handle.name}:{remote_path}")
+
+    @_typed_connection_errors
+    def put_archive(self, handle: SandboxHandle, archive: IO[bytes], size: int, *, what: str = "") -> None:
+        what = what or f"upload to {handle.name}"
         gone = SandboxGone(f"sandbox {handle.name}: the container is gone")
-        with archive, _archive_errors(gone, f"upload to {handle.name}:{remote_path} failed"):
-            ok = self.client.api.put_archive(handle.id, "/", archive.read())
+        with _archive_errors(gone, f"{what} failed"):
+            ok = self.client.api.put_archive(handle.id, "/", _SizedBody(archive, size))
         if not ok:
-            msg = f"upload to {handle.name}:{remote_path} was refused by the daemon"
+            msg = f"{what} was refused by the daemon"
             raise TransferError(msg)
 
     @_typed_connection_errors
-    def download(self, handle: SandboxHandle, remote_path: str, local_path: str) -> None:
+    def get_archive(self, handle: SandboxHandle, remote_path: str, sink: IO[bytes]) -> str:
         missing = TransferError(f"download: {handle.name}:{remote_path} does not exist")
         with _archive_errors(missing, f"download from {handle.name}:{remote_path} failed"):
             stream, stat = self.client.api.get_archive(handle.id, remote_path)
-        dest = Path(local_path)
-        with tempfile.TemporaryDirectory(prefix="harbor-ray-dl-") as tmp:
-            archive = Path(tmp) / "a.tar"
-            with archive.open("wb") as f:
-                for chunk in stream:
-                    f.write(chunk)
-            transfer.unpack_member(archive, stat["name"], dest)
-        os.utime(dest)
+            for chunk in stream:
+                sink.write(chunk)
+        return str(stat["name"])
+
+    @_typed_connection_errors
+    def download(self, handle: SandboxHandle, remote_path: str, local_path: str) -> None:
+        with tempfile.TemporaryFile(prefix="harbor-ray-dl-") as f:
+            member = self.get_archive(handle, remote_path, f)
+            f.seek(0)
+            transfer.extract_member(f, member, Path(local_path))
+
+
+class _SizedBody:
+    """An archive as a request body of known length: requests then streams it (8 KiB reads) under a
+    Content-Length, where Docker 20.10 refuses a chunked body; `read` stops at `size` whatever follows."""
+
+    def __init__(self, archive: IO[bytes], size: int) -> None:
+        self._archive, self._left = archive, size
+        self._size = size
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.read(1 << 16):
+            yield chunk
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n is None or n < 0 else min(n, self._left)
+        data = self._archive.read(n)
+        self._left -= len(data)
+        return data
 
 
 def _gpu_request(count: int) -> Any:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from harbor_ray import labels as L
 from harbor_ray.backends import shell, transfer
@@ -241,6 +241,35 @@ class KubernetesBackend:
         self._delete(handle.id, confirm=True)
         self._delete_policy(handle.name, handle.labels)
 
+    def wait_gone(self, handle: SandboxHandle) -> None:
+        """Block until the pod is deleted or no longer running: one watch on that pod, renewed every 5 min."""
+        import urllib3
+        from kubernetes import watch
+        from kubernetes.client.exceptions import ApiException
+
+        selector = f"metadata.name={handle.id}"
+        while True:
+            pods = self.call(self._core.list_namespaced_pod, self.namespace, field_selector=selector)
+            if not pods.items or pods.items[0].status.phase in ("Succeeded", "Failed"):
+                return
+            try:
+                for event in watch.Watch().stream(
+                    self._core.list_namespaced_pod,
+                    self.namespace,
+                    field_selector=selector,
+                    resource_version=pods.metadata.resource_version,
+                    timeout_seconds=300,
+                ):
+                    if event["type"] == "DELETED" or event["object"].status.phase in ("Succeeded", "Failed"):
+                        return
+            except ApiException as e:
+                if e.status != 410:  # 410: the resource version expired; list again
+                    msg = f"k8s API at {self.host}: the watch of pod {handle.id} failed ({e.status})"
+                    raise BackendUnavailable(msg) from e
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                msg = f"k8s API at {self.host}: the watch of pod {handle.id} was cut ({type(e).__name__})"
+                raise BackendUnavailable(msg) from e
+
     def _delete(self, name: str, *, confirm: bool, quiet: bool = False) -> None:
         from kubernetes.client.exceptions import ApiException
 
@@ -394,20 +423,27 @@ class KubernetesBackend:
     def upload(self, handle: SandboxHandle, local_path: str, remote_path: str) -> None:
         archive, size = transfer.pack_for_target(local_path, remote_path, image_tar=True)
         with archive:
-            deadline = time.monotonic() + self.config.transfer_timeout_s
-            r = self._stream(handle, X.upload_command(size), deadline=deadline, stdin=archive)
+            self.put_archive(handle, archive, size, what=f"upload to {handle.name}:{remote_path}")
+
+    def put_archive(self, handle: SandboxHandle, archive: IO[bytes], size: int, *, what: str = "") -> None:
+        """The image's own `tar` extracts it at '/' (as root): make it with `pack_for_target(image_tar=True)`."""
+        deadline = time.monotonic() + self.config.transfer_timeout_s
+        r = self._stream(handle, X.upload_command(size), deadline=deadline, stdin=archive)
         if r.timed_out or r.return_code != 0:
-            msg = f"upload to {handle.name}:{remote_path} failed: {X.why_failed(r)}"
+            msg = f"{what or f'upload to {handle.name}'} failed: {X.why_failed(r)}"
             raise TransferError(msg)
 
-    def download(self, handle: SandboxHandle, remote_path: str, local_path: str) -> None:
+    def get_archive(self, handle: SandboxHandle, remote_path: str, sink: IO[bytes]) -> str:
         argv, member = X.download_command(remote_path)
-        with tempfile.TemporaryDirectory(prefix="harbor-ray-dl-") as tmp:
-            archive = Path(tmp) / "a.tar"
-            with archive.open("wb") as sink:
-                deadline = time.monotonic() + self.config.transfer_timeout_s
-                r = self._stream(handle, argv, deadline=deadline, stdout_sink=sink)
-            if r.timed_out or r.return_code != 0:
-                msg = f"download of {handle.name}:{remote_path} failed: {X.why_failed(r)}"
-                raise TransferError(msg)
-            transfer.unpack_member(archive, member, Path(local_path))
+        deadline = time.monotonic() + self.config.transfer_timeout_s
+        r = self._stream(handle, argv, deadline=deadline, stdout_sink=sink)
+        if r.timed_out or r.return_code != 0:
+            msg = f"download of {handle.name}:{remote_path} failed: {X.why_failed(r)}"
+            raise TransferError(msg)
+        return member
+
+    def download(self, handle: SandboxHandle, remote_path: str, local_path: str) -> None:
+        with tempfile.TemporaryFile(prefix="harbor-ray-dl-") as f:
+            member = self.get_archive(handle, remote_path, f)
+            f.seek(0)
+            transfer.extract_member(f, member, Path(local_path))

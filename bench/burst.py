@@ -1,0 +1,192 @@
+"""A burst of N cold leases through the pool vs the raw docker SDK doing the same N create+start, interleaved.
+
+    scripts/python bench/burst.py [--n 100] [--rounds 3] [--concurrency 8]
+
+Each round runs the raw burst and the pool burst (order alternating): N container create+start with
+`--concurrency` threads (the same hardening options as the Docker backend) against N leases at once through
+one `SandboxPool` (max_concurrent_creates = --concurrency, no warm set: every lease creates its container).
+Then one `true` exec on every sandbox (same concurrency), then release / remove.
+
+Round 1 is the pool's first burst: every lease also starts its sandbox actor's worker process. Later rounds
+reuse the processes the first burst left (`pool.keep_actors_s`, recycled actors): containers are still
+created fresh per lease. Prints one JSON object:
+- `burst_ratio`: median over rounds 2.. of all-leased time through the pool / raw create+start;
+- `first_burst_ratio`: the same for round 1 (new actor processes);
+- `exec_all_ratio`, `release_ratio`: one exec on every sandbox / release of all, pool vs raw (medians);
+- `uss_mb_p50`: unique memory (USS: private pages) per sandbox actor process, with N alive; `uss_floor_mb`:
+  the same of an empty Ray actor (a class with one method) in this Ray: what any one-process-per-actor
+  design pays before holding a sandbox;
+- `leftovers`: containers with the bench's label after the run (must be 0); `load`: load average at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import docker
+import ray
+
+from harbor_ray.backends.base import DEFAULT_CAP_ADD, SandboxSpec
+from harbor_ray.backends.docker.config import DockerBackendConfig
+from harbor_ray.backends.images import BUSYBOX_IMAGE
+from harbor_ray.config import PoolConfig
+from harbor_ray.pool import SandboxPool
+
+
+def uss_mb(pid: int) -> float:
+    """Private (unique) memory of a process: what ending it would give back."""
+    total_kb = 0
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                total_kb += int(line.split()[1])
+    return total_kb / 1024
+
+
+@ray.remote(num_cpus=0)
+class EmptyActor:
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def raw_kwargs(label: str) -> dict[str, Any]:
+    return {
+        "command": ["sleep", "3600"],
+        "labels": {"harbor-run": label},
+        "network_mode": "none",
+        "init": True,
+        "auto_remove": True,
+        "nano_cpus": int(0.1 * 1e9),
+        "mem_limit": "64m",
+        "memswap_limit": "64m",
+        "pids_limit": 512,
+        "cap_drop": ["ALL"],
+        "cap_add": list(DEFAULT_CAP_ADD),
+        "security_opt": ["no-new-privileges"],
+    }
+
+
+def raw_round(client: docker.DockerClient, label: str, n: int, concurrency: int) -> dict[str, float]:
+    kwargs = raw_kwargs(label)
+
+    def start(_: int) -> Any:
+        container = client.containers.create(BUSYBOX_IMAGE, **kwargs)  # create + start, as the backend does
+        container.start()
+        return container
+
+    with ThreadPoolExecutor(concurrency) as ex:
+        t = time.perf_counter()
+        containers = list(ex.map(start, range(n)))
+        started = time.perf_counter() - t
+        t = time.perf_counter()
+        list(ex.map(lambda c: c.exec_run(["true"]), containers))
+        exec_all = time.perf_counter() - t
+        t = time.perf_counter()
+        list(ex.map(lambda c: c.remove(force=True), containers))
+        removed = time.perf_counter() - t
+    return {"burst": started, "exec_all": exec_all, "release": removed}
+
+
+async def pool_round(pool: SandboxPool, spec: SandboxSpec, n: int, concurrency: int) -> dict[str, Any]:
+    leases = [pool.lease(spec) for _ in range(n)]
+    t = time.perf_counter()
+    sandboxes = await asyncio.gather(*(lease.acquire() for lease in leases))
+    started = time.perf_counter() - t
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one_exec(sandbox: Any) -> None:
+        async with gate:
+            await sandbox.exec(["true"])
+
+    t = time.perf_counter()
+    await asyncio.gather(*(one_exec(s) for s in sandboxes))
+    exec_all = time.perf_counter() - t
+    infos = await asyncio.gather(*(s.actor.info.remote() for s in sandboxes))
+    uss = [uss_mb(i["pid"]) for i in infos]
+    t = time.perf_counter()
+    await asyncio.gather(*(lease.release() for lease in leases))
+    released = time.perf_counter() - t
+    return {"burst": started, "exec_all": exec_all, "release": released, "uss": uss}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    client = docker.from_env(timeout=300)
+    label = f"bench-{uuid.uuid4().hex[:8]}"
+    backend = DockerBackendConfig(slots=args.n, max_concurrent_creates=args.concurrency)
+    config = PoolConfig(
+        name=label, max_sandboxes=args.n, max_concurrent_creates=args.concurrency, reap_interval_s=0, shared=False
+    )
+    pool = SandboxPool(backend, config, run_label=label)
+    spec = SandboxSpec(run_label=label, image=BUSYBOX_IMAGE, cpus=0.1, memory_mb=64)
+    raw: list[dict[str, float]] = []
+    ours: list[dict[str, Any]] = []
+    try:
+        async with pool.lease(spec):  # the pool's own start (host discovery, one actor), not part of a burst
+            pass
+        empty = EmptyActor.remote()
+        uss_floor = uss_mb(await empty.pid.remote())
+        ray.kill(empty)
+        for i in range(args.rounds):
+            if i % 2:
+                ours.append(await pool_round(pool, spec, args.n, args.concurrency))
+                raw.append(raw_round(client, label, args.n, args.concurrency))
+            else:
+                raw.append(raw_round(client, label, args.n, args.concurrency))
+                ours.append(await pool_round(pool, spec, args.n, args.concurrency))
+        stats = await pool.stats()
+    finally:
+        await pool.shutdown()
+        ray.shutdown()
+    leftovers = client.containers.list(all=True, filters={"label": f"harbor-run={label}"})
+    for container in leftovers:
+        container.remove(force=True)
+
+    def ratio(key: str, rounds: slice) -> float:
+        return round(
+            statistics.median(o[key] for o in ours[rounds]) / statistics.median(r[key] for r in raw[rounds]), 3
+        )
+
+    steady = slice(1, None) if args.rounds > 1 else slice(0, 1)
+    print(
+        json.dumps(
+            {
+                "bench": "burst",
+                "n": args.n,
+                "rounds": args.rounds,
+                "concurrency": args.concurrency,
+                "burst_ratio": ratio("burst", steady),
+                "first_burst_ratio": ratio("burst", slice(0, 1)),
+                "exec_all_ratio": ratio("exec_all", slice(None)),
+                "release_ratio": ratio("release", slice(None)),
+                "pool_burst_s": [round(o["burst"], 2) for o in ours],
+                "raw_burst_s": [round(r["burst"], 2) for r in raw],
+                "pool_release_s": [round(o["release"], 2) for o in ours],
+                "raw_release_s": [round(r["release"], 2) for r in raw],
+                "uss_mb_p50": round(statistics.median(u for o in ours for u in o["uss"]), 1),
+                "uss_floor_mb": round(uss_floor, 1),
+                "actors_recycled": stats.get("actors_recycled", 0),
+                "leftovers": len(leftovers),
+                "load": [round(x, 2) for x in os.getloadavg()],
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
