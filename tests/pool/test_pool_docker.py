@@ -167,7 +167,9 @@ async def test_a_dead_warm_sandbox_is_never_handed_out_silently(ray_local, run_l
     await eventually(lambda: pool.stats_sync()["replaced"] >= 1 or pool.stats_sync()["warm"] == 1, "the pool knows")
     await eventually(lambda: pool.stats_sync()["warm"] == 1, "a new warm sandbox")
     [fresh] = ours(docker_client, run_label)
+    replaced = pool.stats_sync()["replaced"]
     docker_client.api.kill(fresh.id)  # dies while warm: the watch replaces it, no lease needed
+    await eventually(lambda: pool.stats_sync()["replaced"] > replaced, "the watch reported the death")
     await eventually(lambda: fresh.id not in {c.id for c in ours(docker_client, run_label)}, "the dead one gone")
     await eventually(lambda: pool.stats_sync()["warm"] == 1, "replaced by a live one")
     async with pool.lease(spec) as sandbox:
