@@ -113,7 +113,7 @@ class _SandboxActor:
         handle = self._require(sandbox_id)
         part = self._uploads.get(upload_id)
         if part is None:
-            part = self._uploads[upload_id] = tempfile.NamedTemporaryFile(prefix="harbor-ray-up-")  # noqa: SIM115
+            part = self._uploads[upload_id] = tempfile.TemporaryFile(prefix="harbor-ray-up-")  # noqa: SIM115
         await asyncio.to_thread(part.write, data)
         if remote_path is None:
             return
@@ -200,7 +200,7 @@ class _SandboxActor:
                 msg = f"recycle: this process served {self._served + 1} sandboxes, its bound"
                 raise SandboxStartError(msg)
             for part in self._uploads.values():
-                part.close()  # a NamedTemporaryFile: closing deletes it
+                part.close()  # a TemporaryFile: closing deletes it
             self._uploads.clear()
             self._handle = None
             self._stopped = False
@@ -289,7 +289,7 @@ class Sandbox:
             msg = f"upload: {src} does not exist"
             raise TransferError(msg)
         upload_id = uuid.uuid4().hex
-        image_tar = self.handle.kind == "k8s"  # the pod's own tar extracts it (see KubernetesBackend.put_archive)
+        image_tar = self._backend_config.image_tar
         with tempfile.TemporaryFile(prefix="harbor-ray-up-") as f:
             # Packed once, here, for the daemon: the actor passes it through untouched.
             await asyncio.to_thread(pack_for_target, str(src), remote_path, image_tar=image_tar, into=f)

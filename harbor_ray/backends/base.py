@@ -140,6 +140,7 @@ class BackendSettings(Protocol):
     """
 
     supports_hosts: ClassVar[bool]
+    image_tar: ClassVar[bool]  # uploads are extracted by the sandbox image's own tar (`pack_for_target`)
     kind: Any
     max_concurrent_creates: int
     build_timeout_s: float

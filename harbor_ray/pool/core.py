@@ -185,7 +185,8 @@ class PoolCore:
 
     def trim_idle(self, now: float) -> None:
         """End recycled idle actors unused for `keep_actors_s`, beyond the `prestart_actors` kept anyway."""
-        spare = sum(len(h.idle) for h in self.hosts.values()) - self.config.prestart_actors
+        idle = {actor for h in self.hosts.values() for actor in h.idle}
+        spare = len(idle) - self.config.prestart_actors
         for host in self.hosts.values():
             for actor in list(host.idle):
                 since = self._idle_since.get(actor)
@@ -193,7 +194,7 @@ class PoolCore:
                     self._idle_since.pop(actor, None)
                     if self.drop_idle(host, actor):
                         spare -= 1
-        self._idle_since = {a: t for a, t in self._idle_since.items() if any(a in h.idle for h in self.hosts.values())}
+        self._idle_since = {a: t for a, t in self._idle_since.items() if a in idle}
 
     # -- wake-ups and tasks --------------------------------------------------------------------------
 

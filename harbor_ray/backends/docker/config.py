@@ -45,6 +45,7 @@ class DockerBackendConfig:
     """
 
     supports_hosts: ClassVar[bool] = True  # pool.hosts may list several daemons of this kind
+    image_tar: ClassVar[bool] = False  # the daemon extracts uploads (put_archive)
 
     kind: str = "docker"  # the registry (harbor_ray.backends) maps kinds to this class: docker, docker_remote
     host: str = ""

@@ -421,7 +421,7 @@ class KubernetesBackend:
             log.debug("kill after timeout in %s: %s", handle.name, e)
 
     def upload(self, handle: SandboxHandle, local_path: str, remote_path: str) -> None:
-        archive, size = transfer.pack_for_target(local_path, remote_path, image_tar=True)
+        archive, size = transfer.pack_for_target(local_path, remote_path, image_tar=self.config.image_tar)
         with archive:
             self.put_archive(handle, archive, size, what=f"upload to {handle.name}:{remote_path}")
 

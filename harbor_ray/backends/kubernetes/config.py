@@ -37,6 +37,7 @@ class K8sBackendConfig:
     """
 
     supports_hosts: ClassVar[bool] = False  # placement is the scheduler's: node_selector and quota
+    image_tar: ClassVar[bool] = True  # the pod's own tar extracts uploads (KubernetesBackend.put_archive)
 
     kind: str = "k8s"
     kubeconfig: str = ""
