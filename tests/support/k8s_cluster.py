@@ -139,6 +139,9 @@ class Cluster:
             "spec": {
                 "restartPolicy": "Never",
                 "activeDeadlineSeconds": 300,
+                # `sleep` as PID 1 ignores SIGTERM: without this the real kubelet waits the default 30 s to kill
+                # a deleted decoy's container, past the leak check's 15 s (a force delete keeps the pod's grace)
+                "terminationGracePeriodSeconds": 0,
                 "containers": [
                     {"name": "c", "image": image, "imagePullPolicy": "IfNotPresent", "command": ["sleep", "300"]}
                 ],
