@@ -1,15 +1,17 @@
 """A burst of N cold leases through the pool vs the raw docker SDK doing the same N create+start, interleaved.
 
-    scripts/python bench/burst.py [--n 100] [--rounds 3] [--concurrency 8]
+    scripts/python bench/burst.py [--n 100] [--rounds 3] [--concurrency 8] [--prestart]
 
 Each round runs the raw burst and the pool burst (order alternating): N container create+start with
 `--concurrency` threads (the same hardening options as the Docker backend) against N leases at once through
 one `SandboxPool` (max_concurrent_creates = --concurrency, no warm set: every lease creates its container).
 Then one `true` exec on every sandbox (same concurrency), then release / remove.
 
-Round 1 is the pool's first burst: every lease also starts its sandbox actor's worker process. Later rounds
-reuse the processes the first burst left (`pool.keep_actors_s`, recycled actors): containers are still
-created fresh per lease. Prints one JSON object:
+Round 1 is the pool's first burst: every lease also starts its sandbox actor's worker process, unless
+`--prestart` (`pool.prestart_actors=N`, what a trainer sets to its step's size) had the pool start them before
+the first round, as it would while the policy loads (`prestart_s`: how long that took). Later rounds reuse
+the processes the first burst left (`pool.keep_actors_s`, recycled actors): containers are still created
+fresh per lease. Prints one JSON object:
 - `burst_ratio`: median over rounds 2.. of all-leased time through the pool / raw create+start;
 - `first_burst_ratio`: the same for round 1 (new actor processes);
 - `exec_all_ratio`, `release_ratio`: one exec on every sandbox / release of all, pool vs raw (medians);
@@ -122,6 +124,7 @@ async def main() -> None:
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--prestart", action="store_true", help="pool.prestart_actors=N before the first round")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -130,7 +133,12 @@ async def main() -> None:
     label = f"bench-{uuid.uuid4().hex[:8]}"
     backend = DockerBackendConfig(slots=args.n, max_concurrent_creates=args.concurrency)
     config = PoolConfig(
-        name=label, max_sandboxes=args.n, max_concurrent_creates=args.concurrency, reap_interval_s=0, shared=False
+        name=label,
+        max_sandboxes=args.n,
+        max_concurrent_creates=args.concurrency,
+        reap_interval_s=0,
+        shared=False,
+        prestart_actors=args.n if args.prestart else 0,
     )
     pool = SandboxPool(backend, config, run_label=label)
     spec = SandboxSpec(run_label=label, image=BUSYBOX_IMAGE, cpus=0.1, memory_mb=64)
@@ -139,6 +147,10 @@ async def main() -> None:
     try:
         async with pool.lease(spec):  # the pool's own start (host discovery, one actor), not part of a burst
             pass
+        t = time.perf_counter()
+        while args.prestart and (await pool.stats())["idle_actors"] < args.n:
+            await asyncio.sleep(0.5)
+        prestart_s = time.perf_counter() - t
         empty = EmptyActor.remote()
         uss_floor = uss_mb(await empty.pid.remote())
         ray.kill(empty)
@@ -172,6 +184,8 @@ async def main() -> None:
                 "concurrency": args.concurrency,
                 "burst_ratio": ratio("burst", steady),
                 "first_burst_ratio": ratio("burst", slice(0, 1)),
+                "prestarted": args.prestart,
+                "prestart_s": round(prestart_s, 1),
                 "exec_all_ratio": ratio("exec_all", slice(None)),
                 "release_ratio": ratio("release", slice(None)),
                 "pool_burst_s": [round(o["burst"], 2) for o in ours],

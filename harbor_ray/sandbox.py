@@ -31,6 +31,7 @@ from harbor_ray.backends import BackendConfig, make_backend
 from harbor_ray.backends.base import ExecResult, SandboxHandle, SandboxSpec
 from harbor_ray.backends.transfer import archive_content_bytes, cap_archive, extract_member, pack_for_target
 from harbor_ray.errors import HarborRayError, SandboxGone, SandboxStartError, TransferError
+from harbor_ray.lean_process import skip_optional_serializers
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +220,10 @@ class _SandboxActor:
 
     def __ray_shutdown__(self) -> None:
         self._destroy_now()
+
+
+# Loading this module in a sandbox actor's creation task is the moment before its first serialization.
+skip_optional_serializers(f"{__name__}.{_SandboxActor.__qualname__}.__init__")
 
 
 def actor_class(*, num_cpus: float = 0, resources: dict[str, float] | None = None, **options: Any) -> Any:
