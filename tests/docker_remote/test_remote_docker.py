@@ -16,6 +16,7 @@ import pytest
 from harbor_ray.backends.base import SandboxSpec
 from harbor_ray.backends.docker.backend import DockerBackend
 from harbor_ray.backends.docker.config import DockerBackendConfig, TLSFiles
+from harbor_ray.backends.docker.endpoint import check_docker_host, connection_error
 from harbor_ray.backends.images import BUSYBOX_IMAGE
 from harbor_ray.errors import BackendUnavailable, ConfigError, ExecTimeout, SandboxGone
 from harbor_ray.sandbox import Sandbox
@@ -134,6 +135,20 @@ def test_client_cert_of_another_ca_is_refused_by_the_daemon(tls_listener, tls_ce
     tls = _tls(other, ca_cert=tls_certs.dir("good") / "ca.pem")  # server trusted; our cert is not
     text = _one_line_error(_remote(tls_listener.url, tls))
     assert "the daemon does not trust our client certificate (backend.tls.client_cert=" in text
+
+
+@pytest.mark.docker
+def test_a_reset_at_first_contact_is_explained_by_the_daemons_alert(tls_listener, tls_certs):
+    """With TLS 1.3 the daemon's refusal can reach the client as a bare reset (the alert lost); CI saw it."""
+    refused = check_docker_host(
+        _remote(tls_listener.url, _tls(tls_certs.dir("other-ca"), ca_cert=tls_certs.dir("good") / "ca.pem"))
+    )
+    reset = ConnectionResetError(104, "Connection reset by peer")
+    text = str(connection_error(refused, reset, first_contact=True))
+    assert "the daemon does not trust our client certificate (backend.tls.client_cert=" in text
+    accepted = check_docker_host(_remote(tls_listener.url, _tls(tls_certs.dir("good"))))
+    text = str(connection_error(accepted, reset, first_contact=True))
+    assert "the daemon dropped the TLS connection at the first request" in text
 
 
 @pytest.mark.docker

@@ -203,6 +203,34 @@ def _chain_text(e: BaseException) -> str:
     return " | ".join(parts)
 
 
+def _tls_alert(endpoint: DockerEndpoint, timeout_s: float = 3.0) -> str:
+    """What the daemon says to a TLS connection that sends nothing, e.g. 'tlsv1 alert unknown ca'.
+
+    With TLS 1.3 the client's handshake ends before the daemon has checked our certificate; its
+    refusal (an alert, then a close) can reach a client that already wrote its request as a bare
+    reset, the alert lost. A connection that only reads always receives the alert.
+    """
+    import socket
+
+    assert endpoint.tls is not None
+    ca, cert, key = endpoint.tls
+    parsed = urlparse(endpoint.url.replace("tcp://", "https://", 1))
+    host, port = parsed.hostname or "", parsed.port or TLS_PORT
+    try:
+        ctx = ssl.create_default_context(cafile=ca)
+        ctx.check_hostname = endpoint.verify
+        ctx.verify_mode = ssl.CERT_REQUIRED if endpoint.verify else ssl.CERT_NONE
+        ctx.load_cert_chain(cert, key)
+        with socket.create_connection((host, port), timeout=timeout_s) as raw:
+            with ctx.wrap_socket(raw, server_hostname=host) as tls:
+                tls.recv(1)  # a daemon that accepted us waits for a request: this times out
+    except TimeoutError:
+        return "probe: the daemon kept a silent connection open"
+    except (OSError, ValueError) as probe:  # ssl.SSLError is an OSError
+        return f"probe: {type(probe).__name__}: {probe}"
+    return "probe: the daemon closed the connection without an alert"
+
+
 def connection_error(endpoint: DockerEndpoint, e: BaseException, *, first_contact: bool = False) -> HarborRayError:
     """One readable line for a failure to reach the daemon; harbor_ray errors pass through unchanged.
 
@@ -212,6 +240,8 @@ def connection_error(endpoint: DockerEndpoint, e: BaseException, *, first_contac
     if isinstance(e, HarborRayError):
         return e
     text = _chain_text(e)
+    if first_contact and endpoint.tls is not None and any(s in text.lower() for s in _DROPPED):
+        text += " | " + _tls_alert(endpoint)
     low = text.lower()
     ca, cert, _ = endpoint.tls or ("", "", "")
     host = endpoint.url.split("://", 1)[1].rsplit(":", 1)[0]
