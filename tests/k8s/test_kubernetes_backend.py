@@ -242,9 +242,11 @@ def test_start_timeout_names_unschedulable(k8s_cluster: Cluster, run_label: str)
 
 
 def test_ttl_backstop_ends_the_pod(backend: KubernetesBackend, k8s_cluster: Cluster, run_label: str) -> None:
-    handle = backend.create(small(run_label, ttl_s=3), BUSYBOX)
+    # The deadline counts from the pod's start: it must outlast the start itself on a loaded machine (CI saw
+    # a pod with 3 s pass its deadline before the kubelet reported it running).
+    handle = backend.create(small(run_label, ttl_s=10), BUSYBOX)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 40
         while backend.state(handle) == "Running" and time.monotonic() < deadline:
             time.sleep(0.5)
         assert backend.state(handle) == "Failed"
