@@ -1,11 +1,14 @@
 """Oracle Harbor trials per minute through harbor_ray vs the physical floor, interleaved in one process.
 
-    scripts/python bench/throughput.py [--trials 96] [--rounds 2] [--concurrency 16]
+    scripts/python bench/throughput.py [--trials 96] [--rounds 2] [--concurrency 16] [--pool kept|per-round]
 
 Each round runs `--trials` oracle trials of examples/tasks (attempts spread evenly over the tasks) twice, order
 alternating:
-- through harbor_ray: `harbor_ray.harbor.runner.run_trials` (Harbor's own `Trial`, the Docker backend, a pool
-  started by the call and shut down after it), `--concurrency` at a time;
+- through harbor_ray: `harbor_ray.harbor.runner.run_trials` (Harbor's own `Trial`, the Docker backend),
+  `--concurrency` at a time, on one pool kept across the rounds as a trainer keeps its pool across steps
+  (`--pool kept`, the default: the warm-up round at full concurrency started its actor processes), or on a
+  pool started by each call and shut down after it, as a one-off batch job (`--pool per-round`: each round
+  also pays for `--concurrency` new Ray worker processes);
 - the floor: the docker SDK calls such a trial makes, made directly with as many threads and in the same
   order (read off `docker events` of a trial through harbor_ray): create + start the task's image (the
   backend's hardening), 7 execs (log dirs, chmod and run solve.sh, test -d, rm old rewards, chmod and run
@@ -14,7 +17,8 @@ alternating:
 The task images are built once before the first round (a warm-up run through harbor_ray), so neither side builds.
 
 Prints one JSON object:
-- `throughput_ratio`: trials/minute through harbor_ray / the floor's (median over rounds; goal >= 0.9);
+- `throughput_ratio`: trials/minute through harbor_ray / the floor's (median over rounds; goal >= 0.9), with
+  `pool` saying which of the two pools above it ran on;
 - `trial_ratio`: one trial's time, median through harbor_ray (Harbor's own started..finished) / the floor's;
 - `reward_mean` (both sides: 1.0 when every oracle passes), `trial_errors`, `leftovers` (containers with the
   bench's label after the run, must be 0), `load`: the load average at the end.
@@ -119,13 +123,10 @@ def floor_round(client: docker.DockerClient, trials: list[Path], concurrency: in
     }
 
 
-async def harbor_ray_round(attempts: int, concurrency: int, label: str, jobs: str) -> dict[str, Any]:
-    from rich.console import Console
-
+def run_config(attempts: int, concurrency: int, label: str, jobs: str, pool_name: str) -> Any:
     from harbor_ray.config import load_config
-    from harbor_ray.harbor.runner import run_trials
 
-    cfg = load_config(
+    return load_config(
         [
             f"tasks=[{','.join(str(t) for t in TASKS)}]",
             f"n_attempts={attempts}",
@@ -134,12 +135,23 @@ async def harbor_ray_round(attempts: int, concurrency: int, label: str, jobs: st
             f"run_label={label}",
             f"jobs_dir={jobs}",
             f"pool.max_sandboxes={concurrency}",
-            f"pool.name={label}-{uuid.uuid4().hex[:6]}",
+            f"pool.name={pool_name}",
         ]
     )
+
+
+async def harbor_ray_round(
+    attempts: int, concurrency: int, label: str, jobs: str, pool: Any = None, pool_name: str = ""
+) -> dict[str, Any]:
+    """One batch through `run_trials`: on `pool` (named `pool_name`) when given, else on a pool of its own."""
+    from rich.console import Console
+
+    from harbor_ray.harbor.runner import run_trials
+
+    cfg = run_config(attempts, concurrency, label, jobs, pool_name or f"{label}-{uuid.uuid4().hex[:6]}")
     t = time.perf_counter()
     with open(os.devnull, "w") as quiet:
-        records = await run_trials(cfg, console=Console(file=quiet))
+        records = await run_trials(cfg, console=Console(file=quiet), pool=pool)
     elapsed = time.perf_counter() - t
     return {
         "per_minute": len(records) / elapsed * 60,
@@ -154,6 +166,7 @@ async def main() -> None:
     parser.add_argument("--trials", type=int, default=96, help="trials per round and side")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--pool", choices=("kept", "per-round"), default="kept")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -165,17 +178,31 @@ async def main() -> None:
     trials = [task for _ in range(attempts) for task in TASKS]
     floor: list[dict[str, Any]] = []
     ours: list[dict[str, Any]] = []
+    pool: Any = None
     try:
         with tempfile.TemporaryDirectory(prefix="harbor-ray-bench-") as jobs:
-            await harbor_ray_round(1, len(TASKS), label, jobs)  # builds the task images: neither side builds
+            name = f"{label}-{uuid.uuid4().hex[:6]}"
+            if args.pool == "kept":
+                from harbor_ray.pool import SandboxPool
+
+                pool = SandboxPool.from_config(run_config(1, args.concurrency, label, jobs, name))
+            # The warm-up builds the task images (neither side builds) and, on a kept pool, starts its actors.
+            warm_up = -(-args.concurrency // len(TASKS)) if pool is not None else 1
+            await harbor_ray_round(warm_up, args.concurrency, label, jobs, pool, name)
+
+            async def ours_round() -> None:
+                ours.append(await harbor_ray_round(attempts, args.concurrency, label, jobs, pool, name))
+
             for i in range(args.rounds):
                 if i % 2:
-                    ours.append(await harbor_ray_round(attempts, args.concurrency, label, jobs))
+                    await ours_round()
                     floor.append(floor_round(client, trials, args.concurrency, label))
                 else:
                     floor.append(floor_round(client, trials, args.concurrency, label))
-                    ours.append(await harbor_ray_round(attempts, args.concurrency, label, jobs))
+                    await ours_round()
     finally:
+        if pool is not None:
+            await pool.shutdown()
         ray.shutdown()
     leftovers = client.containers.list(all=True, filters={"label": f"harbor-run={label}"})
     for container in leftovers:
@@ -194,6 +221,7 @@ async def main() -> None:
                 "trials_per_round": len(trials),
                 "rounds": args.rounds,
                 "concurrency": args.concurrency,
+                "pool": args.pool,
                 "throughput_ratio": round(rate(ours) / rate(floor), 3),
                 "trials_per_minute": [round(r["per_minute"], 1) for r in ours],
                 "floor_trials_per_minute": [round(r["per_minute"], 1) for r in floor],

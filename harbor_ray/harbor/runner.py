@@ -226,17 +226,22 @@ async def run_trials(
     console: Console | None = None,
     records: list[TrialRecord] | None = None,
     tasks: list[Path] | None = None,
+    pool: SandboxPool | None = None,
 ) -> list[TrialRecord]:
     """Run every task × n_attempts, n_concurrent at a time; return the records (also in results.jsonl).
 
     `records`, when given, is filled as trials end, so a caller still has them after a cancellation.
+    `pool`, when given, is the caller's and stays up after the run (its own settings apply, and its
+    `shutdown` ends what it holds): a driver running several batches keeps its actor processes across them.
+    Without it the run starts a pool from `cfg` and shuts it down at the end.
     """
     tasks = discover_tasks(cfg.tasks) if tasks is None else tasks
     ensure_ray(cfg)
     job_name = cfg.job_name or time.strftime("%Y-%m-%d__%H-%M-%S") + f"__{uuid.uuid4().hex[:4]}"
     job_dir = Path(cfg.jobs_dir).resolve() / job_name
     job_dir.mkdir(parents=True, exist_ok=True)
-    pool = SandboxPool.from_config(cfg)
+    owns_pool = pool is None
+    pool = SandboxPool.from_config(cfg) if pool is None else pool
     pool_key = f"run-{uuid.uuid4().hex[:8]}"
     register_context(pool_key, PoolContext(pool, cfg))
     owner = L.current_owner()
@@ -268,8 +273,10 @@ async def run_trials(
             try:
                 log.info("pool stats: %s", json.dumps(await pool.stats(), default=str))
             finally:
-                await pool.shutdown()
-            if cfg.delete:  # delete=false keeps trial sandboxes on purpose
+                if owns_pool:
+                    await pool.shutdown()
+            # delete=false keeps trial sandboxes on purpose; a caller's pool may hold warm ones of this owner
+            if cfg.delete and owns_pool:
                 await asyncio.to_thread(_sweep, cfg, owner)
             log.info("trials by reason: %s", reason_counts(batch.records))
     return batch.records

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import docker
 import pytest
@@ -18,6 +19,7 @@ from harbor.models.agent.context import AgentContext
 
 from harbor_ray.config import load_config
 from harbor_ray.harbor.runner import run_trials
+from harbor_ray.pool import SandboxPool
 
 pytestmark = [pytest.mark.harbor, pytest.mark.ray, pytest.mark.docker, pytest.mark.slow]
 
@@ -50,6 +52,30 @@ class ScriptedAgent(BaseAgent):
         if environment.environment_name == "hello-file":
             msg = "the agent gave up"
             raise RuntimeError(msg)
+
+
+class PidAgent(BaseAgent):
+    """Notes the pid of the Ray actor process its sandbox lives in (the agent runs in the driver), then waits
+    for the batch's other trial to do the same: both sandboxes are leased at once, so the pool's demand is 2."""
+
+    pids: ClassVar[list[int]] = []
+
+    @staticmethod
+    def name() -> str:
+        return "pid"
+
+    def version(self) -> str:
+        return "1.0"
+
+    async def setup(self, environment: BaseEnvironment) -> None:
+        return None
+
+    async def run(self, instruction: str, environment: BaseEnvironment, context: AgentContext) -> None:
+        sandbox = environment.sandbox  # type: ignore[attr-defined]
+        PidAgent.pids.append((await sandbox.actor.info.remote())["pid"])
+        async with asyncio.timeout(60):
+            while len(PidAgent.pids) < 2:
+                await asyncio.sleep(0.05)
 
 
 def broken_build_task(root: Path) -> Path:
@@ -116,3 +142,27 @@ async def test_tail_kill_ends_the_straggler_and_releases_its_sandbox(
     assert straggler.sandbox.startswith(run_label)
     assert {line["reason"] for line in results(tmp_path / "job")} == {"completed", "tail_killed"}
     assert docker_client.containers.list(all=True, filters={"label": f"harbor-run={run_label}"}) == []
+
+
+async def test_a_pool_given_to_run_trials_serves_each_batch_and_stays_up(
+    ray_local, run_label: str, tmp_path: Path
+) -> None:
+    agent = "agent.import_path=tests.harbor.test_run_batch:PidAgent"
+    tasks = f"tasks=[{EXAMPLES / 'hello-file'}]"
+    cfg = load_config(
+        [f"run_label={run_label}", f"jobs_dir={tmp_path}", tasks, agent, "n_attempts=2", "n_concurrent=2"]
+    )
+    pool = SandboxPool.from_config(cfg)
+    try:
+        batches = []
+        for _ in range(2):
+            PidAgent.pids.clear()
+            records = await run_trials(cfg, pool=pool)
+            assert [r.reason for r in records] == ["completed", "completed"]
+            batches.append(set(PidAgent.pids))
+            assert (await pool.stats())["idle_actors"] == 2  # still up, its actors kept for the next batch
+        first, second = batches
+        assert len(first) == 2
+        assert second == first  # the second batch ran in the first batch's actor processes
+    finally:
+        await pool.shutdown()
