@@ -118,7 +118,6 @@ def preflight(cfg: Config, *, strict: bool = False) -> list[Path]:
     warn_risky_settings(cfg)
     check_agent(cfg)
     warn_invalid_tasks(cfg, tasks, strict=strict)
-    quiet_worker_start_warnings()  # before the environment's import, which may import Ray
     check_environment(cfg)
     log.info("backend: %s", check_backend(cfg))
     return tasks
@@ -138,6 +137,7 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--strict", action="store_true", help="refuse the batch when any task is invalid")
     args = add_config_args(parser).parse_intermixed_args(argv)
+    quiet_worker_start_warnings()  # before anything imports Ray (an agent's or environment's module may)
     cfg = load_config(args.overrides, args.config)
     tasks = preflight(cfg, strict=args.strict)
     from harbor_ray.harbor.runner import run_batch  # Ray and Harbor load only once the checks passed
