@@ -133,15 +133,15 @@ def task_problems(task_dir: Path, *, verifier_enabled: bool = True) -> list[str]
         problems.append("no instruction.md")
     if not config.environment.docker_image and not (paths.environment_dir / "Dockerfile").is_file():
         problems.append("no environment/Dockerfile and no [environment] docker_image in task.toml")
-    if verifier_enabled and not config.steps:  # the test script Harbor's Task looks for, as it looks for it
-        verifier = resolve_verifier_environment_definition(config, paths, validate_inputs=False)
-        verifier_os = verifier.config.os if verifier else config.environment.os
-        if not (verifier and verifier.bundled_tests) and paths.discovered_test_path_for(verifier_os) is None:
-            problems.append(f"no {paths.test_path_for(verifier_os).relative_to(paths.task_dir)}")
-    if not problems:  # the rest of what Harbor's own Task refuses (steps, paths leaving the task dir, …)
-        try:
+    try:
+        if verifier_enabled and not config.steps:  # the test script Harbor's Task looks for, as it looks for it
+            verifier = resolve_verifier_environment_definition(config, paths, validate_inputs=False)
+            verifier_os = verifier.config.os if verifier else config.environment.os
+            if not (verifier and verifier.bundled_tests) and paths.discovered_test_path_for(verifier_os) is None:
+                problems.append(f"no {paths.test_path_for(verifier_os).relative_to(paths.task_dir)}")
+        if not problems:  # the rest of what Harbor's own Task refuses (steps, paths leaving the task dir, …)
             Task(task_dir, disable_verification=not verifier_enabled)
-        except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            problems.append(first.replace(f"Task directory {paths.task_dir} ", "").replace(str(paths.task_dir), "."))
+    except Exception as e:  # Harbor's own words, its first line, the task's path shortened
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        problems.append(first.replace(f"Task directory {paths.task_dir} ", "").replace(str(paths.task_dir), "."))
     return problems

@@ -163,6 +163,6 @@ def test_invalid_tasks_are_named_one_line_each_before_ray_starts(tmp_path: Path)
 
 def test_strict_refuses_a_batch_with_invalid_tasks(tmp_path: Path) -> None:
     tasks = invalid_tasks(tmp_path / "tasks")
-    done = run(f"tasks=[{tasks}]", "--strict")  # the local Docker answers: only --strict stops it
+    done = run(f"tasks=[{tasks}]", "--strict")  # refused before the backend is asked
     assert the_error(done) == "error: --strict: 3 of 4 tasks are invalid (the warnings above); fix or drop them"
     assert done.stderr.count(" will fail: ") == 3
