@@ -177,8 +177,22 @@ class RayEnvironment(BaseEnvironment):
     async def upload_dir(self, source_dir: Path | str, target_dir: str) -> None:
         await self.sandbox.upload(source_dir, target_dir)
 
+    def _never_started(self, source: str) -> bool:
+        """True when no sandbox was ever leased (its start failed, e.g. the image did not build): Harbor's Trial
+        still collects the agent's logs then, and there is nothing to collect. Harbor's own environments differ:
+        with `auto_mounting` the logs are bind mounts and nothing is downloaded (quiet); otherwise Docker's
+        `compose cp` and the cloud ones ("Sandbox not found. Please start the environment first.") raise, which
+        the Trial logs at ERROR with the start's stack and the download's. This one takes the quiet way: a DEBUG
+        line. After a start, downloads go to the sandbox, and a lost or stopped one raises as before."""
+        if self._sandbox is not None or self.last_sandbox is not None:
+            return False
+        log.debug("%s: never started, nothing to download from %s", self.environment_name, source)
+        return True
+
     async def download_file(self, source_path: str, target_path: Path | str) -> None:
-        await self.sandbox.download(source_path, target_path)
+        if not self._never_started(source_path):
+            await self.sandbox.download(source_path, target_path)
 
     async def download_dir(self, source_dir: str, target_dir: Path | str) -> None:
-        await self.sandbox.download(source_dir, target_dir)
+        if not self._never_started(source_dir):
+            await self.sandbox.download(source_dir, target_dir)

@@ -106,31 +106,73 @@ def progress_text(records: list[TrialRecord], running: int) -> str:
     return f"done {done} · failed {failed} · running {running} · mean reward {mean}"
 
 
-def summary_table(records: list[TrialRecord]) -> Table:
-    table = Table(title="harbor_ray trials")
-    for col in ("task", "reward", "rewards", "reason", "try", "error", "sandbox", "total s"):
-        table.add_column(col)
+COLUMNS = ("task", "reward", "rewards", "reason", "try", "error", "sandbox", "total s")
+FORMATS = ("table", "plain", "json")
+WIDEST_LOG = 10_000  # columns a table printed to a log may take (a row wider than this is folded)
+
+
+def summary_rows(records: list[TrialRecord]) -> list[tuple[str, ...]]:
+    """One row of cells (COLUMNS) per try, sorted by task and trial."""
+    rows: list[tuple[str, ...]] = []
     for r in sorted(records, key=lambda r: (r.task, r.trial)):
         extra = ", ".join(f"{k}={v:g}" for k, v in r.rewards.items()) if len(r.rewards) > 1 else ""
-        table.add_row(
-            r.task,
-            "-" if r.reward is None else f"{r.reward:g}",
-            extra,
-            r.reason,
-            str(r.try_number),
-            r.error or "",
-            r.sandbox or "",
-            f"{r.timings_s.get('total', 0):.1f}",
+        rows.append(
+            (
+                r.task,
+                "-" if r.reward is None else f"{r.reward:g}",
+                extra,
+                r.reason,
+                str(r.try_number),
+                r.error or "",
+                r.sandbox or "",
+                f"{r.timings_s.get('total', 0):.1f}",
+            )
         )
+    return rows
+
+
+def summary_caption(records: list[TrialRecord]) -> str:
     finals = final_tries(records)
     rewards = [r.reward for r in finals if r.reward is not None]
     mean = f"{statistics.fmean(rewards):.3f}" if rewards else "-"
     retried = f" ({len(records)} tries)" if len(records) > len(finals) else ""
-    table.caption = (
+    return (
         f"{len(finals)} trials{retried}, {sum(not r.ok for r in finals)} errors, mean reward {mean}; "
         f"{reason_counts(finals)}"
     )
+
+
+def summary_table(records: list[TrialRecord]) -> Table:
+    table = Table(title="harbor_ray trials")
+    for col in COLUMNS:
+        table.add_column(col)
+    for row in summary_rows(records):
+        table.add_row(*row)
+    table.caption = summary_caption(records)
     return table
+
+
+def summary_plain(records: list[TrialRecord]) -> str:
+    """The table as aligned plain text: whole cells, no box drawing, the caption last (for logs and grep)."""
+    rows = [COLUMNS, *summary_rows(records)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join([*lines, summary_caption(records)])
+
+
+def summary_json(records: list[TrialRecord]) -> str:
+    """One JSON object: every try's record (as in results.jsonl) and the counts of the caption."""
+    finals = final_tries(records)
+    rewards = [r.reward for r in finals if r.reward is not None]
+    summary = {
+        "trials": len(finals),
+        "tries": len(records),
+        "errors": sum(not r.ok for r in finals),
+        "mean_reward": statistics.fmean(rewards) if rewards else None,
+        "reasons": dict(collections.Counter(r.reason for r in finals)),
+    }
+    tries = [r.to_json() for r in sorted(records, key=lambda r: (r.task, r.trial))]
+    return json.dumps({"summary": summary, "trials": tries}, sort_keys=True)
 
 
 def final_tries(records: list[TrialRecord]) -> list[TrialRecord]:
@@ -149,5 +191,22 @@ def reason_counts(records: list[TrialRecord]) -> str:
     return ", ".join(f"{reason} {counts[reason]}" for reason in Reason if counts[reason]) or "no trials"
 
 
-def print_summary(records: list[TrialRecord], console: Console | None = None) -> None:
-    (console or Console()).print(summary_table(records))
+def print_summary(records: list[TrialRecord], console: Console | None = None, fmt: str = "table") -> None:
+    """The summary on stdout (or `console`): `table` (rich), `plain` (aligned text) or `json` (one object).
+
+    A table printed where no terminal is (a pipe, a file, `ray job submit`'s job log, CI) is as wide as its
+    widest row, never cut to 80 columns: a log must show whole task and sandbox names. On a terminal it fits
+    the terminal, as rich draws it.
+    """
+    console = console or Console()
+    if fmt == "json":
+        console.out(summary_json(records), highlight=False)  # as is: no markup, emoji codes or wrapping
+        return
+    if fmt == "plain":
+        console.out(summary_plain(records), highlight=False)
+        return
+    table = summary_table(records)
+    if not console.is_terminal:
+        unbounded = console.options.update_width(WIDEST_LOG)  # rich measures within the console's width
+        console.width = max(console.width, console.measure(table, options=unbounded).maximum)
+    console.print(table)

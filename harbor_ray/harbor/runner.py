@@ -345,8 +345,8 @@ def _quiet_harbor_noise() -> None:
             handler.addFilter(_HarborNoise())
 
 
-def run_batch(cfg: Config, tasks: list[Path] | None = None) -> int:
-    """Run the batch, print the summary; exit code 0, or 1 when every trial failed.
+def run_batch(cfg: Config, tasks: list[Path] | None = None, fmt: str = "table") -> int:
+    """Run the batch, print the summary (`fmt`: report.FORMATS); exit code 0, or 1 when every trial failed.
 
     Raises Interrupted after a Ctrl-C or SIGTERM, once the trials are cancelled and recorded, the
     sandboxes removed and the summary printed.
@@ -357,8 +357,8 @@ def run_batch(cfg: Config, tasks: list[Path] | None = None) -> int:
     try:
         asyncio.run(_run_until_signalled(cfg, tasks, records, stopped_by))
     except (KeyboardInterrupt, asyncio.CancelledError) as e:
-        print_summary(records, Console())
+        print_summary(records, Console(), fmt)
         raise Interrupted(stopped_by[0] if stopped_by else signal.SIGINT) from e
-    print_summary(records, Console())
+    print_summary(records, Console(), fmt)
     failed = sum(not r.ok for r in records)
     return 1 if failed == len(records) and records else 0

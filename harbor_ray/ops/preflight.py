@@ -6,6 +6,12 @@ backend that does not answer (a missing socket, a closed port, bad TLS files, a 
 unreachable kubeconfig). The backend is asked once, without retries, with a short timeout. Settings dryrun
 warns about (risky capabilities, network for every sandbox) are warned about here too, and one INFO line
 says which Docker daemon is used (backend.host, DOCKER_HOST or the default socket).
+
+The agent (`agent.name` one of Harbor's, with the closest names when not; `agent.import_path`) and
+`environment_import_path` are checked here too (harbor.checks), once, instead of failing every trial. A task
+whose trials would fail (no instruction.md, no Dockerfile or docker_image, no tests/test.sh) gets one warning line
+before Ray starts and the batch runs the rest; `--strict` refuses the batch instead. Ray's worker-start warning
+is kept out of the output (ops.ray_output) before Ray is imported.
 """
 
 from __future__ import annotations
@@ -20,9 +26,13 @@ from harbor_ray.backends.base import DEFAULT_CAP_ADD
 from harbor_ray.backends.docker.config import DockerBackendConfig
 from harbor_ray.backends.kubernetes.config import K8sBackendConfig
 from harbor_ray.config import Config, load_config
+from harbor_ray.errors import TaskError
+from harbor_ray.harbor.checks import check_agent, check_environment, task_problems
+from harbor_ray.harbor.report import FORMATS
 from harbor_ray.harbor.spec import discover_tasks
 from harbor_ray.ops.args import add_config_args
 from harbor_ray.ops.dryrun.docker import RISKY_CAPS
+from harbor_ray.ops.ray_output import quiet_worker_start_warnings
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +92,33 @@ def warn_risky_settings(cfg: Config) -> None:
         log.warning("sandbox.network=true: every sandbox gets network, whatever its task allows")
 
 
-def preflight(cfg: Config) -> list[Path]:
+def warn_invalid_tasks(cfg: Config, tasks: list[Path], *, strict: bool = False) -> int:
+    """One warning line per task whose trials would fail, saying why; the number of such tasks. With `strict`,
+    a TaskError (one line) refuses the batch when there is any."""
+    invalid = 0
+    for task in tasks:
+        problems = task_problems(task, verifier_enabled=cfg.verifier_enabled)
+        if problems:
+            invalid += 1
+            log.warning("task %s will fail: %s (%s)", task.name, "; ".join(problems), task)
+    if invalid and strict:
+        msg = f"--strict: {invalid} of {len(tasks)} tasks are invalid (the warnings above); fix or drop them"
+        raise TaskError(msg)
+    if invalid:
+        log.warning(
+            "running all %d tasks; the %d above will be recorded as failed (--strict refuses)", len(tasks), invalid
+        )
+    return invalid
+
+
+def preflight(cfg: Config, *, strict: bool = False) -> list[Path]:
     """Everything checked before Ray starts, returning the tasks to run; the first problem raises its one-line
     HarborRayError."""
     tasks = discover_tasks(cfg.tasks)
     warn_risky_settings(cfg)
+    check_agent(cfg)
+    warn_invalid_tasks(cfg, tasks, strict=strict)
+    check_environment(cfg)
     log.info("backend: %s", check_backend(cfg))
     return tasks
 
@@ -96,9 +128,18 @@ def main(argv: list[str]) -> int:
         prog="python -m harbor_ray run",
         description="Run Harbor trials on the sandbox pool and report rewards (results.jsonl, a summary table).",
     )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="table",
+        help="the summary on stdout: table (default; as wide as its rows when stdout is no terminal), "
+        "plain (aligned text) or json (one object)",
+    )
+    parser.add_argument("--strict", action="store_true", help="refuse the batch when any task is invalid")
     args = add_config_args(parser).parse_intermixed_args(argv)
+    quiet_worker_start_warnings()  # before anything imports Ray (an agent's or environment's module may)
     cfg = load_config(args.overrides, args.config)
-    tasks = preflight(cfg)
+    tasks = preflight(cfg, strict=args.strict)
     from harbor_ray.harbor.runner import run_batch  # Ray and Harbor load only once the checks passed
 
-    return run_batch(cfg, tasks)
+    return run_batch(cfg, tasks, fmt=args.format)

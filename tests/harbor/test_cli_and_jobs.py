@@ -1,8 +1,16 @@
-"""The main job from the outside: `ray job submit` against a `ray start --head` on loopback, and Ctrl-C."""
+"""The main job from the outside: `ray job submit` against a `ray start --head` on loopback, a pipe, and Ctrl-C.
+
+What a user reads (issue 29): the summary in a job log or a pipe shows whole task names; a failed image build
+is a record, not a traceback on stderr; Ray's worker-start warning is not in the output. In the pipe's run the
+raylet is made to send that warning at once (`RAY_worker_maximum_startup_concurrency=1`, no IO workers counted),
+as a bigger pool makes it send it on any machine.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,8 +27,35 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(ROOT), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+HELLO = ROOT / "examples" / "tasks" / "hello-file"
+LONG = "hello-file-under-a-name-longer-than-a-table-cell-gets-in-eighty-columns"  # 71 characters
+WORKER_START_WARNING = "maximum expected startup concurrency"
+EAGER_WARNINGS = {"RAY_worker_maximum_startup_concurrency": "1", "RAY_max_io_workers": "0"}
+
+
+def env(**extra: str) -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(ROOT), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", **extra)
+
+
+def long_named_task(root: Path) -> Path:
+    return Path(shutil.copytree(HELLO, root / LONG))
+
+
+def broken_build_task(root: Path) -> Path:
+    """hello-file whose image does not build."""
+    task = Path(shutil.copytree(HELLO, root / "broken-build"))
+    (task / "environment" / "Dockerfile").write_text(
+        "FROM harbor-ray/base:bookworm\nRUN echo the-failing-step; exit 3\n"
+    )
+    return task
+
+
+def assert_whole_names_in_table(out: str, *names: str) -> None:
+    rows = [line for line in out.splitlines() if line.startswith("│")]
+    assert rows, out[-3000:]
+    for name in names:
+        assert any(line.startswith(f"│ {name} ") for line in rows), out[-3000:]
+    assert not any("…" in line for line in rows), out[-3000:]
 
 
 def wait_http(url: str, seconds: float) -> None:
@@ -69,12 +104,13 @@ def test_ray_job_submit_runs_trials_and_logs_rewards(run_label: str, tmp_path: P
             "-m",
             "harbor_ray",
             "run",
-            f"tasks=[{ROOT}/examples/tasks/hello-file]",
+            f"tasks=[{HELLO},{long_named_task(tmp_path / 'tasks')}]",
             f"run_label={run_label}",
             f"jobs_dir={tmp_path}",
             "agent=oracle",
+            "n_attempts=2",
         ]
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 180  # the head's job agent took over 90 s to register on a loaded machine
         while True:
             job = subprocess.run(submit, env=env(), capture_output=True, text=True, timeout=600)
             # The dashboard answers before the head's job agent has registered; Ray says to try again.
@@ -86,9 +122,33 @@ def test_ray_job_submit_runs_trials_and_logs_rewards(run_label: str, tmp_path: P
         assert "succeeded" in logs
         assert "reward=1.0" in logs  # the per-trial line in the job's logs
         assert "mean reward 1.000" in logs  # the summary table
+        assert_whole_names_in_table(logs, "hello-file", LONG)  # a job log is no terminal: not cut to 80 columns
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)
+
+
+def test_through_a_pipe_a_failed_build_is_one_record_and_names_are_whole(run_label: str, tmp_path: Path) -> None:
+    tasks = f"tasks=[{broken_build_task(tmp_path / 'tasks')},{long_named_task(tmp_path / 'tasks')}]"
+    done = subprocess.run(
+        [sys.executable, "-m", "harbor_ray", "run", tasks, f"run_label={run_label}", f"jobs_dir={tmp_path}"]
+        + ["job_name=job", "agent=oracle", "n_attempts=2"],
+        env=env(**EAGER_WARNINGS),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    # Harbor's Trial still collects the agent's logs from the environment that never started: no error, no stack
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "ERROR" not in done.stderr, done.stderr
+    assert_whole_names_in_table(done.stdout, "broken-build", LONG)
+    assert "env_setup_failed 2" in done.stdout
+    assert WORKER_START_WARNING not in done.stdout + done.stderr
+    records = [json.loads(line) for line in (tmp_path / "job" / "results.jsonl").read_text().splitlines()]
+    broken = [r for r in records if r["task"] == "broken-build"]
+    assert [(r["reason"], r["error"]) for r in broken] == [("env_setup_failed", "ImageBuildError")] * 2
+    assert "the-failing-step" in broken[0]["error_message"]
 
 
 def test_ctrl_c_stops_cleanly_and_removes_every_sandbox(run_label: str, tmp_path: Path, docker_client) -> None:

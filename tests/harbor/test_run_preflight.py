@@ -6,6 +6,7 @@ Run as a user runs it (a subprocess). "Before Ray" is seen in what is printed: n
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,70 @@ def test_risky_capabilities_are_warned_about_as_dryrun_does() -> None:
     done = run("sandbox.cap_add=[CHOWN,SYS_ADMIN,NET_ADMIN]", "backend.host=unix:///nonexistent/docker.sock")
     the_error(done)
     assert "WARNING harbor_ray.ops.preflight: sandbox.cap_add grants NET_ADMIN, SYS_ADMIN" in done.stderr
+
+
+def test_a_bogus_agent_name_is_refused_with_the_closest_names() -> None:
+    """Issue 29: it used to start Ray and fail every trial with Harbor's ValueError listing 49 names."""
+    line = the_error(run("agent.name=bogus-agent"))
+    assert line.startswith("error: agent.name='bogus-agent': not one of Harbor's ")
+    assert "the closest: swe-agent, " in line
+    assert "claude-code" in the_error(run("agent.name=claude_code")).split("the closest:")[1]
+
+
+def test_an_agent_import_path_naming_a_missing_module_or_class() -> None:
+    assert the_error(run("agent.import_path=harbor.agents.oracel:OracleAgent")).startswith(
+        "error: agent.import_path=harbor.agents.oracel:OracleAgent: no module harbor.agents.oracel; "
+        "the closest in harbor.agents: harbor.agents.oracle, "
+    )
+    line = the_error(run("agent.import_path=harbor.agents.oracle:OracleAgnt"))
+    assert line.startswith(
+        "error: agent.import_path=harbor.agents.oracle:OracleAgnt: module harbor.agents.oracle has no OracleAgnt; "
+        "the closest: harbor.agents.oracle:OracleAgent"
+    )
+    assert the_error(run("agent.import_path=harbor.agents.oracle")).endswith("use 'module.path:ClassName'")
+
+
+def test_an_environment_import_path_naming_a_missing_module() -> None:
+    line = the_error(run("environment_import_path=harbor.environments.dockr:DockerEnvironment"))
+    assert line.startswith(
+        "error: environment_import_path=harbor.environments.dockr:DockerEnvironment: no module "
+        "harbor.environments.dockr; the closest in harbor.environments: harbor.environments.docker"
+    )
+
+
+def invalid_tasks(root: Path) -> Path:
+    """hello-file, and three copies of it each missing what a trial needs."""
+    for name, missing in (
+        ("no-dockerfile", "environment/Dockerfile"),
+        ("no-tests", "tests/test.sh"),
+        ("no-instruction", "instruction.md"),
+        ("fine", None),
+    ):
+        shutil.copytree(HELLO, root / name)
+        if missing:
+            (root / name / missing).unlink()
+    return root
+
+
+def test_invalid_tasks_are_named_one_line_each_before_ray_starts(tmp_path: Path) -> None:
+    tasks = invalid_tasks(tmp_path / "tasks")
+    done = run(f"tasks=[{tasks}]", "backend.host=unix:///nonexistent/docker.sock")  # stops at the backend check
+    the_error(done)
+    warned = [line for line in done.stderr.splitlines() if " will fail: " in line]
+    assert warned == [
+        "WARNING harbor_ray.ops.preflight: task no-dockerfile will fail: no environment/Dockerfile and no "
+        f"[environment] docker_image in task.toml ({tasks}/no-dockerfile)",
+        f"WARNING harbor_ray.ops.preflight: task no-instruction will fail: no instruction.md ({tasks}/no-instruction)",
+        f"WARNING harbor_ray.ops.preflight: task no-tests will fail: no tests/test.sh ({tasks}/no-tests)",
+    ]
+    assert "running all 4 tasks; the 3 above will be recorded as failed (--strict refuses)" in done.stderr
+    # the verifier off: a task without tests is fine
+    done = run(f"tasks=[{tasks}]", "verifier_enabled=false", "backend.host=unix:///nonexistent/docker.sock")
+    assert "task no-tests" not in done.stderr
+
+
+def test_strict_refuses_a_batch_with_invalid_tasks(tmp_path: Path) -> None:
+    tasks = invalid_tasks(tmp_path / "tasks")
+    done = run(f"tasks=[{tasks}]", "--strict")  # refused before the backend is asked
+    assert the_error(done) == "error: --strict: 3 of 4 tasks are invalid (the warnings above); fix or drop them"
+    assert done.stderr.count(" will fail: ") == 3
