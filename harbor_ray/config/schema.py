@@ -38,6 +38,9 @@ class SandboxConfig:
         cap_add: Linux capabilities kept after dropping all.
         read_only_root: a read-only root filesystem (with a writable /tmp).
         no_new_privileges: processes cannot gain privileges (setuid binaries).
+        hide_git_history: during the agent phase the task repository's git history is one commit of its tree, the
+            original .git kept on the host and restored before the verifier (a task's task.toml overrides it with
+            [metadata.harbor_ray] hide_git_history); docs/config.md.
     """
 
     cpus: float = 1.0
@@ -54,6 +57,7 @@ class SandboxConfig:
     cap_add: list[str] = field(default_factory=lambda: list(DEFAULT_CAP_ADD))
     read_only_root: bool = False
     no_new_privileges: bool = True
+    hide_git_history: bool = False
 
 
 @dataclass
