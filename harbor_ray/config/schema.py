@@ -120,22 +120,28 @@ class AgentConfig:
         import_path: or a custom agent class, "module:Class".
         model_name: the model as the agent expects it, e.g. hosted_vllm/<name>.
         kwargs: keyword arguments of the agent.
+        env: environment variables of the agent's commands (Harbor's AgentConfig.env), e.g. OPENAI_BASE_URL.
         override_timeout_s: the agent phase's timeout instead of the task's [agent] timeout_sec (0: the task's).
         default_timeout_s: the agent phase's timeout when the task's task.toml gives no [agent] timeout_sec.
         max_timeout_s: the longest agent phase, whatever the task says (0: no cap).
         timeout_multiplier: multiplies the agent phase's timeout.
         setup_timeout_multiplier: multiplies the agent setup's timeout.
+        runtime: an agent runtime recipe (mini-swe-agent, claude-code): built once per host, mounted read-only
+            at /opt/harbor-agent/<name> with its launchers on PATH; Harbor's installed agent then runs with
+            skip_install. "" -> none (the agent installs itself, or is in the image).
     """
 
     name: str = "oracle"
     import_path: str = ""
     model_name: str = ""
     kwargs: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
     override_timeout_s: float = 0.0
     default_timeout_s: float = 1800.0
     max_timeout_s: float = 0.0
     timeout_multiplier: float = 1.0
     setup_timeout_multiplier: float = 1.0
+    runtime: str = ""
 
 
 @dataclass

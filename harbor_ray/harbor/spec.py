@@ -50,6 +50,7 @@ def sandbox_spec(
     env: dict[str, str] | None = None,
     gateway: str | None = None,
     egress: tuple[str, ...] | list[str] = (),
+    agent_runtime: str | None = None,
 ) -> SandboxSpec:
     """The sandbox for a task: its prebuilt `docker_image`, else its `environment/Dockerfile`.
 
@@ -86,6 +87,7 @@ def sandbox_spec(
         force_build=force_build,
         gateway=gateway or s.gateway or None,
         egress=tuple(egress),
+        agent_runtime=cfg.agent.runtime if agent_runtime is None else agent_runtime,
     )
 
 
