@@ -14,6 +14,7 @@ from harbor_ray.backends.base import DEFAULT_CAP_ADD
 from harbor_ray.backends.docker.config import DockerBackendConfig
 from harbor_ray.errors import ConfigError
 from harbor_ray.labels import check_prefix
+from harbor_ray.runtimes.recipes import recipe
 
 DEFAULT_ENVIRONMENT = "harbor_ray.harbor.environment:RayEnvironment"
 
@@ -317,6 +318,8 @@ def validate(cfg: Config) -> None:
         msg = f"tail_kill_target={cfg.tail_kill_target}: a fraction of the batch, at most 1 (1.0 = never tail kill)"
         raise ConfigError(msg)
     check_pool_config(cfg.pool)
+    if cfg.agent.runtime:
+        recipe(cfg.agent.runtime)  # ConfigError naming the shipped recipes
     if cfg.sandbox.memory_mb < 6:
         msg = f"sandbox.memory_mb={cfg.sandbox.memory_mb}: Docker needs at least 6 MiB; use e.g. 2048"
         raise ConfigError(msg)

@@ -99,10 +99,11 @@ class DockerBackend:
     @_typed_connection_errors
     def ensure_image(self, spec: SandboxSpec) -> str:
         if spec.agent_runtime:  # built (and its volume filled) once per daemon, before the task's image
-            R.ensure_runtime(self.client, self.endpoint.url, spec.agent_runtime, self._build_runtime)
+            R.ensure_runtime(self.client, self.endpoint.url, spec.agent_runtime, self.build_runtime)
         return self._ensure_task_image(spec)
 
-    def _build_runtime(self, context: str, tag: str) -> None:
+    def build_runtime(self, context: str, tag: str) -> None:
+        """Build an agent runtime's image from its context, as task images are built (labels, timeout, log tail)."""
         self._build(SandboxSpec(run_label=L.RUNTIME_RUN, build_context=context), tag)
 
     def _ensure_task_image(self, spec: SandboxSpec) -> str:
