@@ -5,8 +5,10 @@ the gateway's address -> reward 1; nothing is left behind."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -68,6 +70,14 @@ def _forget_runtime(client: docker.DockerClient, tag: str) -> None:
         pass
 
 
+def _collect(stream: Any, into: list[dict]) -> None:
+    try:
+        for event in stream:
+            into.append(event)
+    except Exception:  # the stream closed under the iteration: the watch is over
+        return
+
+
 async def test_installed_mini_swe_agent_runs_from_the_mounted_runtime(
     ray_local, run_label: str, tmp_path: Path, docker_client: docker.DockerClient
 ) -> None:
@@ -91,20 +101,24 @@ async def test_installed_mini_swe_agent_runs_from_the_mounted_runtime(
     ]
     cfg = load_config(overrides)
     pool = SandboxPool.from_config(cfg)
-    since = int(time.time()) - 1
+    # the daemon's tag events, watched live (its replay buffer is short on a busy daemon)
+    stream = docker_client.events(filters={"type": "image", "event": "tag"}, decode=True)
+    events: list[dict] = []
+    watcher = threading.Thread(target=_collect, args=(stream, events), daemon=True)
+    watcher.start()
     try:
         records = await run_trials(cfg, pool=pool)
         stats = await pool.stats()
     finally:
         await pool.shutdown()
         policy.close()
-    until = int(time.time()) + 1
+        time.sleep(1)
+        stream.close()
     assert [(r.reward, r.error) for r in records] == [(1.0, None)] * 3, [r.error_message for r in records]
     # every trial's agent asked the policy twice (its command, then its submission), through the gateway
     assert len(policy.requests) == 6
     assert all(r["path"] == "/v1/chat/completions" for r in policy.requests)
     # built once on this daemon for the three concurrent trials: one tag event for the runtime's image
-    events = docker_client.events(since=since, until=until, filters={"type": "image", "event": "tag"}, decode=True)
     runtime_tags = [e for e in events if e.get("Actor", {}).get("Attributes", {}).get("name") == tag]
     assert len(runtime_tags) == 1, runtime_tags
     assert stats["builds"] == 1  # the pool's build-once: one build for the task image and its runtime
