@@ -24,8 +24,8 @@ fresh per lease. Prints one JSON object:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import asyncio
+import dataclasses
 import json
 import os
 import statistics
