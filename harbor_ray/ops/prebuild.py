@@ -133,7 +133,7 @@ def build_runtimes(cfg: Config, hosts: list[Host], runners: dict[str, Any]) -> l
     """The configured agent runtime (`agent.runtime`) on every host's daemon: one report line per host."""
     if not cfg.agent.runtime:
         return []
-    if cfg.backend.kind != "docker":
+    if cfg.backend.kind not in ("docker", "docker_remote"):
         return [f"agent runtime {cfg.agent.runtime}: Docker backends only (Kubernetes: not built by harbor_ray yet)"]
     lines = []
     for host in hosts:
