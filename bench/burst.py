@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import statistics
@@ -119,12 +120,65 @@ async def pool_round(pool: SandboxPool, spec: SandboxSpec, n: int, concurrency: 
     return {"burst": started, "exec_all": exec_all, "release": released, "uss": uss}
 
 
+async def gateway_main(
+    args: argparse.Namespace, client: docker.DockerClient, label: str, pool: SandboxPool, plain: SandboxSpec
+) -> None:
+    """`--gateway`: the same pool bursts of N leases, "gateway only" sandboxes (each its own network and relay,
+    docs/network.md) against sandboxes without network, interleaved. Prints `gateway_create_ratio` (all leased)
+    and `gateway_destroy_ratio` (all released), medians over the rounds; the issue's target is 1.3 for both."""
+    import socket
+
+    from harbor_ray.backends.docker.network import host_address
+
+    listener = socket.create_server((host_address(client), 0))  # a gateway address that answers
+    gated = dataclasses.replace(plain, gateway=f"{listener.getsockname()[0]}:{listener.getsockname()[1]}")
+    runs: dict[str, list[dict[str, Any]]] = {"plain": [], "gateway": []}
+    try:
+        async with pool.lease(gated):  # warm-up: the pool's start and the forwarder image's first use
+            pass
+        for i in range(args.rounds):
+            for which in ("plain", "gateway") if i % 2 == 0 else ("gateway", "plain"):
+                spec = plain if which == "plain" else gated
+                runs[which].append(await pool_round(pool, spec, args.n, args.concurrency))
+    finally:
+        listener.close()
+        await pool.shutdown()
+        ray.shutdown()
+    leftovers = client.containers.list(all=True, filters={"label": f"harbor-run={label}"})
+    networks = client.networks.list(filters={"label": f"harbor-run={label}"})
+
+    def median(which: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[which])
+
+    print(
+        json.dumps(
+            {
+                "bench": "burst --gateway",
+                "n": args.n,
+                "rounds": args.rounds,
+                "concurrency": args.concurrency,
+                "gateway_create_ratio": round(median("gateway", "burst") / median("plain", "burst"), 3),
+                "gateway_destroy_ratio": round(median("gateway", "release") / median("plain", "release"), 3),
+                "gateway_burst_s": [round(r["burst"], 2) for r in runs["gateway"]],
+                "plain_burst_s": [round(r["burst"], 2) for r in runs["plain"]],
+                "gateway_release_s": [round(r["release"], 2) for r in runs["gateway"]],
+                "plain_release_s": [round(r["release"], 2) for r in runs["plain"]],
+                "leftovers": len(leftovers) + len(networks),
+                "load": [round(x, 2) for x in os.getloadavg()],
+            }
+        )
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--prestart", action="store_true", help="pool.prestart_actors=N before the first round")
+    parser.add_argument(
+        "--gateway", action="store_true", help="gateway-only sandboxes vs sandboxes without network, both via the pool"
+    )
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -142,6 +196,9 @@ async def main() -> None:
     )
     pool = SandboxPool(backend, config, run_label=label)
     spec = SandboxSpec(run_label=label, image=BUSYBOX_IMAGE, cpus=0.1, memory_mb=64)
+    if args.gateway:
+        await gateway_main(args, client, label, pool, spec)
+        return
     raw: list[dict[str, float]] = []
     ours: list[dict[str, Any]] = []
     try:

@@ -49,6 +49,9 @@ class SandboxSpec:
     # gateway.harbor-ray.internal:PORT) and nothing else; `egress` adds "HOSTNAME:PORT"s. See docs/network.md.
     gateway: str | None = None
     egress: tuple[str, ...] = ()
+    # an agent runtime recipe (harbor_ray.runtimes): its tree mounted read-only at /opt/harbor-agent/<name>, its
+    # launchers last on PATH; built once per host by `ensure_image`
+    agent_runtime: str = ""
 
 
 @dataclass(frozen=True)

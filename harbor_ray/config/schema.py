@@ -14,6 +14,7 @@ from harbor_ray.backends.base import DEFAULT_CAP_ADD
 from harbor_ray.backends.docker.config import DockerBackendConfig
 from harbor_ray.errors import ConfigError
 from harbor_ray.labels import check_prefix
+from harbor_ray.runtimes.recipes import recipe
 
 DEFAULT_ENVIRONMENT = "harbor_ray.harbor.environment:RayEnvironment"
 
@@ -38,6 +39,9 @@ class SandboxConfig:
         cap_add: Linux capabilities kept after dropping all.
         read_only_root: a read-only root filesystem (with a writable /tmp).
         no_new_privileges: processes cannot gain privileges (setuid binaries).
+        hide_git_history: during the agent phase the task repository's git history is one commit of its tree, the
+            original .git kept on the host and restored before the verifier (a task's task.toml overrides it with
+            [metadata.harbor_ray] hide_git_history); docs/config.md.
     """
 
     cpus: float = 1.0
@@ -54,6 +58,7 @@ class SandboxConfig:
     cap_add: list[str] = field(default_factory=lambda: list(DEFAULT_CAP_ADD))
     read_only_root: bool = False
     no_new_privileges: bool = True
+    hide_git_history: bool = False
 
 
 @dataclass
@@ -116,22 +121,28 @@ class AgentConfig:
         import_path: or a custom agent class, "module:Class".
         model_name: the model as the agent expects it, e.g. hosted_vllm/<name>.
         kwargs: keyword arguments of the agent.
+        env: environment variables of the agent's commands (Harbor's AgentConfig.env), e.g. OPENAI_BASE_URL.
         override_timeout_s: the agent phase's timeout instead of the task's [agent] timeout_sec (0: the task's).
         default_timeout_s: the agent phase's timeout when the task's task.toml gives no [agent] timeout_sec.
         max_timeout_s: the longest agent phase, whatever the task says (0: no cap).
         timeout_multiplier: multiplies the agent phase's timeout.
         setup_timeout_multiplier: multiplies the agent setup's timeout.
+        runtime: an agent runtime recipe (mini-swe-agent, claude-code): built once per host, mounted read-only
+            at /opt/harbor-agent/<name> with its launchers on PATH; Harbor's installed agent then runs with
+            skip_install. "" -> none (the agent installs itself, or is in the image).
     """
 
     name: str = "oracle"
     import_path: str = ""
     model_name: str = ""
     kwargs: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
     override_timeout_s: float = 0.0
     default_timeout_s: float = 1800.0
     max_timeout_s: float = 0.0
     timeout_multiplier: float = 1.0
     setup_timeout_multiplier: float = 1.0
+    runtime: str = ""
 
 
 @dataclass
@@ -307,6 +318,14 @@ def validate(cfg: Config) -> None:
         msg = f"tail_kill_target={cfg.tail_kill_target}: a fraction of the batch, at most 1 (1.0 = never tail kill)"
         raise ConfigError(msg)
     check_pool_config(cfg.pool)
+    if cfg.agent.runtime:
+        recipe(cfg.agent.runtime)  # ConfigError naming the shipped recipes
+        if cfg.backend.kind not in ("docker", "docker_remote"):
+            msg = (
+                f"agent.runtime={cfg.agent.runtime}: agent runtimes are mounted on Docker backends only so far; "
+                "use backend=docker, or install the agent in the task image and set agent.runtime=''"
+            )
+            raise ConfigError(msg)
     if cfg.sandbox.memory_mb < 6:
         msg = f"sandbox.memory_mb={cfg.sandbox.memory_mb}: Docker needs at least 6 MiB; use e.g. 2048"
         raise ConfigError(msg)

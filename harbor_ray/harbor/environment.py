@@ -21,6 +21,7 @@ from harbor.models.trial.paths import EnvironmentPaths
 
 from harbor_ray.config import Config, load_config
 from harbor_ray.errors import ExecTimeout, HarborRayError, TaskError
+from harbor_ray.harbor import githistory
 from harbor_ray.harbor.spec import network_from_policy, sandbox_spec
 from harbor_ray.pool import Lease, SandboxPool
 from harbor_ray.sandbox import Sandbox
@@ -72,6 +73,7 @@ class RayEnvironment(BaseEnvironment):
         self._overrides = list(overrides or [])
         self._lease: Lease | None = None
         self._sandbox: Sandbox | None = None
+        self._hidden_history: githistory.HiddenHistory | None = None
         self.last_sandbox: str | None = None  # kept after stop, for the trial's record
         super().__init__(*args, **kwargs)
 
@@ -130,8 +132,21 @@ class RayEnvironment(BaseEnvironment):
         if made.return_code != 0:
             msg = f"sandbox {self.last_sandbox}: could not create {dirs} as root: {(made.stderr or '').strip()[:200]}"
             raise HarborRayError(msg)
+        if githistory.wanted(self.environment_dir.parent, context.config.sandbox.hide_git_history):
+            limit = context.config.sandbox.download_limit_bytes
+            repo = self.task_env_config.workdir or "."  # ".": the image's WORKDIR, where every exec starts
+            self._hidden_history = await githistory.hide(self.sandbox, repo, limit_bytes=limit)
+
+    async def _restore_git_history(self) -> None:
+        """The original history back before the verifier: Harbor's shared verifier begins by uploading the task's
+        tests to the tests dir, in every trial loop (runner, verl's harbor_trial), so that upload is the cue."""
+        if self._hidden_history is not None:
+            await githistory.restore(self.sandbox, self._hidden_history)
 
     async def stop(self, delete: bool) -> None:
+        hidden, self._hidden_history = self._hidden_history, None
+        if hidden is not None:  # a trial ended or killed before its verifier: the host copy goes too
+            hidden.discard()
         lease, self._lease = self._lease, None
         sandbox, self._sandbox = self._sandbox, None
         if lease is None:
@@ -175,6 +190,8 @@ class RayEnvironment(BaseEnvironment):
         await self.sandbox.upload(source_path, target_path)
 
     async def upload_dir(self, source_dir: Path | str, target_dir: str) -> None:
+        if target_dir == str(EnvironmentPaths.for_os(self.os).tests_dir):
+            await self._restore_git_history()
         await self.sandbox.upload(source_dir, target_dir)
 
     def _never_started(self, source: str) -> bool:

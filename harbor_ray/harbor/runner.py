@@ -95,7 +95,9 @@ def trial_config(cfg: Config, task_dir: Path, job_dir: Path, pool_key: str, tria
             name=None if agent.import_path else agent.name,
             import_path=agent.import_path or None,
             model_name=agent.model_name or None,
-            kwargs=dict(agent.kwargs),
+            # an agent runtime mounted in the sandbox: Harbor's installed agent skips its own install
+            kwargs={"skip_install": True, **agent.kwargs} if agent.runtime else dict(agent.kwargs),
+            env={k: str(v) for k, v in dict(agent.env).items()},
             override_timeout_sec=override,
             max_timeout_sec=agent.max_timeout_s or None,
         ),

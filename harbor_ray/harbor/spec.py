@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from harbor_ray.backends.base import SandboxSpec
+from harbor_ray.backends.egress import GATEWAY_HOSTNAME
 from harbor_ray.config import Config
 from harbor_ray.errors import ConfigError, TaskError
 
@@ -50,6 +51,7 @@ def sandbox_spec(
     env: dict[str, str] | None = None,
     gateway: str | None = None,
     egress: tuple[str, ...] | list[str] = (),
+    agent_runtime: str | None = None,
 ) -> SandboxSpec:
     """The sandbox for a task: its prebuilt `docker_image`, else its `environment/Dockerfile`.
 
@@ -86,6 +88,7 @@ def sandbox_spec(
         force_build=force_build,
         gateway=gateway or s.gateway or None,
         egress=tuple(egress),
+        agent_runtime=cfg.agent.runtime if agent_runtime is None else agent_runtime,
     )
 
 
@@ -97,7 +100,10 @@ def network_from_policy(policy: Any) -> tuple[bool, tuple[str, ...]]:
     if policy.network_mode == NetworkMode.PUBLIC:
         return True, ()
     if policy.network_mode == NetworkMode.ALLOWLIST:
-        return False, tuple(f"{host}:443" for host in policy.allowed_hosts)
+        # Harbor allowlists the agent's inference host; the gateway's name is reached without an entry (and an
+        # entry for it would shadow it with a relay to its :443)
+        hosts = [host for host in policy.allowed_hosts if host != GATEWAY_HOSTNAME]
+        return False, tuple(f"{host}:443" for host in hosts)
     return False, ()
 
 

@@ -82,6 +82,8 @@ def build_one(backend_config: Any, spec: SandboxSpec) -> tuple[str, str]:
     from harbor_ray.backends.docker.backend import DockerBackend
 
     builder = DockerBackendConfig() if backend_config.builds_on_local_docker() else backend_config
+    if not spec.build_context and spec.agent_runtime:
+        return _build_runtime(builder, spec)
     tag = env_image_tag(spec.build_context or "")
     try:
         daemon = DockerBackend(builder)
@@ -99,6 +101,46 @@ def build_one(backend_config: Any, spec: SandboxSpec) -> tuple[str, str]:
         return "failed", str(e)
     except Exception as e:  # an SDK error we did not type: still one report line, the others go on
         return "failed", f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+
+
+def _build_runtime(builder: Any, spec: SandboxSpec) -> tuple[str, str]:
+    """An agent runtime on this host's daemon: ("present" | "built" | "failed", detail)."""
+    import docker.errors
+
+    from harbor_ray.backends.docker import runtime as R
+    from harbor_ray.backends.docker.backend import DockerBackend
+
+    try:
+        daemon = DockerBackend(builder)
+        try:
+            vol = R.volume_name(R.runtime_tag(R.recipe(spec.agent_runtime)))
+            try:
+                daemon.client.volumes.get(vol + "-ready")
+                return "present", ""
+            except docker.errors.NotFound:
+                pass
+            R.ensure_runtime(daemon.client, daemon.endpoint.url, spec.agent_runtime, daemon.build_runtime)
+            return "built", ""
+        finally:
+            daemon.client.close()
+    except HarborRayError as e:
+        return "failed", str(e)
+    except Exception as e:  # an SDK error we did not type: still one report line
+        return "failed", f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+
+
+def build_runtimes(cfg: Config, hosts: list[Host], runners: dict[str, Any]) -> list[str]:
+    """The configured agent runtime (`agent.runtime`) on every host's daemon: one report line per host."""
+    if not cfg.agent.runtime:
+        return []
+    if cfg.backend.kind not in ("docker", "docker_remote"):
+        return [f"agent runtime {cfg.agent.runtime}: Docker backends only (Kubernetes: not built by harbor_ray yet)"]
+    lines = []
+    for host in hosts:
+        spec = SandboxSpec(run_label=cfg.run_label, agent_runtime=cfg.agent.runtime)
+        status, detail = runners[host.name](host.backend_config, spec)
+        lines.append(f"agent runtime {cfg.agent.runtime} on {host.name}: {status}{': ' + detail if detail else ''}")
+    return lines
 
 
 _remote_build: Any = None
@@ -224,6 +266,8 @@ def main(argv: list[str]) -> int:
     cfg = load_config(args.overrides, args.config)
     images, prebuilt = task_images(cfg, discover_tasks(cfg.tasks))
     hosts, runners = plan_hosts(cfg)
+    runtimes = build_runtimes(cfg, hosts, runners)
     outcomes = build_all(cfg, images, hosts, runners) if images else []
-    print(summary(outcomes, images, hosts, prebuilt))
-    return 1 if any(o.status == "failed" for o in outcomes) else 0
+    print("\n".join([*runtimes, summary(outcomes, images, hosts, prebuilt)]))
+    failed = any(o.status == "failed" for o in outcomes) or any(": failed" in line for line in runtimes)
+    return 1 if failed else 0

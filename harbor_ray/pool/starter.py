@@ -60,7 +60,7 @@ class Starter:
         consumed = False
         began = time.monotonic()
         try:
-            if spec.build_context:
+            if spec.build_context or spec.agent_runtime:
                 spec, build = await self._image_for(host, spec)
             async with host.creating, self.core.creating:
                 if actor is None:
@@ -137,14 +137,14 @@ class Starter:
             error = e if isinstance(e, Exception) else SandboxStartError("the image build was abandoned")
             build[1].set_exception(error)
             build[1].exception()  # retrieved: waiters, if any, see it too
-        if key.build_context and isinstance(e, SandboxStartError):
-            self._images.pop((host.name, key.build_context), None)  # the image may be gone from the daemon
+        if (key.build_context or key.agent_runtime) and isinstance(e, SandboxStartError):
+            self._images.pop(_build_key(host, key), None)  # the image may be gone from the daemon
         log.info("sandbox start on %s failed: %s", host.name, e)
 
     async def _image_for(self, host: Host, spec: SandboxSpec) -> tuple[SandboxSpec, Any]:
-        """Build once per host: the first lease builds (returning its future), the others wait for its image."""
-        assert spec.build_context is not None
-        bkey = (host.name, spec.build_context)
+        """Build once per host: the first lease builds (returning its future), the others wait for its image.
+        An agent runtime is part of what is built (its image and volume, before the task's image)."""
+        bkey = _build_key(host, spec)
         while True:
             if bkey in self._images:
                 return replace(spec, image=self._images[bkey], build_context=None, force_build=False), None
@@ -160,3 +160,10 @@ class Starter:
                 raise
             except Exception:
                 continue  # the builder failed for another reason: build it ourselves
+
+
+def _build_key(host: Host, spec: SandboxSpec) -> tuple[str, str]:
+    """What one build per host makes: the task's image (its build context, or its prebuilt image) and its agent
+    runtime, if any."""
+    what = spec.build_context or spec.image or ""
+    return (host.name, f"{what}|{spec.agent_runtime}" if spec.agent_runtime else what)

@@ -34,6 +34,7 @@ from verl.experimental.agent_loop.tool_agent_loop import AgentData, AgentState, 
 
 from harbor_ray.backends.base import SandboxSpec
 from harbor_ray.errors import HarborRayError, SandboxStartError, TaskError
+from harbor_ray.harbor import githistory
 from harbor_ray.harbor.outcome import Reason
 from harbor_ray.harbor.tail import TailKilled
 from harbor_ray.pool import Lease
@@ -118,10 +119,14 @@ class HarborSandboxAgentLoop(ToolAgentLoop):
 
     async def _episode(self, sampling_params: dict[str, Any], kwargs: dict[str, Any]) -> AgentLoopOutput:
         lease: Lease | None = None
+        hidden: githistory.HiddenHistory | None = None
         try:
             try:
                 task = load_task(task_path(kwargs, self.task_root))
                 lease, sandbox = await self._lease(task_sandbox_spec(self.harbor_cfg, task))
+                if githistory.wanted(task.path, self.harbor_cfg.sandbox.hide_git_history):
+                    limit = self.harbor_cfg.sandbox.download_limit_bytes
+                    hidden = await githistory.hide(sandbox, task.workdir or ".", limit_bytes=limit)
             except HarborRayError as e:
                 return await self._unrun(
                     sampling_params, kwargs, f"{'task' if isinstance(e, TaskError) else 'sandbox'}: {e}"
@@ -135,8 +140,15 @@ class HarborSandboxAgentLoop(ToolAgentLoop):
             output = await super().run(sampling_params, **{**kwargs, "tools_kwargs": tools_kwargs})
             if self._session.error:
                 return self._masked(output, f"sandbox: {self._session.error}")
+            if hidden is not None:
+                try:
+                    await githistory.restore(sandbox, hidden)
+                except HarborRayError as e:
+                    return self._masked(output, f"sandbox: {e}")
             return await self._verify(output, sandbox, task)
         finally:
+            if hidden is not None:
+                hidden.discard()
             if lease is not None:
                 await _release(lease)
 

@@ -205,6 +205,11 @@ def test_harbor_network_policies_map_onto_the_modes() -> None:
     assert network_from_policy(NetworkPolicy(network_mode=NetworkMode.NO_NETWORK)) == (False, ())
     allow = NetworkPolicy(network_mode=NetworkMode.ALLOWLIST, allowed_hosts=["api.example.com", "pypi.org"])
     assert network_from_policy(allow) == (False, ("api.example.com:443", "pypi.org:443"))
+    # Harbor adds an in-sandbox agent's inference host: the gateway's own name gets no relay of its :443
+    with_gateway = NetworkPolicy(
+        network_mode=NetworkMode.ALLOWLIST, allowed_hosts=["gateway.harbor-ray.internal", "pypi.org"]
+    )
+    assert network_from_policy(with_gateway) == (False, ("pypi.org:443",))
 
 
 @pytest.mark.usefixtures("no_networks_left")

@@ -280,3 +280,25 @@ async def test_tail_kill_ends_the_straggler_masked(tiny_model, tmp_path, harbor_
     assert await _no_containers_left(docker_client, run_label) == []
     stats = await _pool(overrides).stats()
     assert (stats["alive"], stats["leased"]) == (0, 0)
+
+
+async def test_git_history_is_hidden_from_the_policy_and_restored_for_the_verifier(
+    tiny_model, tmp_path, harbor_overrides
+):
+    """sandbox.hide_git_history in this loop: the policy's `git log --all` and object store show one new commit and
+    nothing of the fix; the verifier's reward (1 only when .git is byte for byte the original) is 1."""
+    from support.git_task import make_task
+
+    repo = make_task(tmp_path / "tasks")
+    probe = "git log --all --format=%H; git reflog --format=%H; git cat-file --batch-all-objects --batch-check"
+    script = [tool_call(probe), tool_call("sed -i 's/answer = 41/answer = 42/' calc.txt"), "Done."]
+    overrides = [*harbor_overrides, "sandbox.hide_git_history=true"]
+    worker = _worker(tiny_model, tmp_path, overrides, _manager(tiny_model, {"calc.txt": [script]}))
+    out = await worker.generate_sequences(_batch(worker, tmp_path, [repo["task"]]))
+    sample = _sample(out, 0)
+    text = worker.tokenizer.decode(sample["ids"])
+    assert "[exit code: 0]" in text
+    assert str(repo["fix"]) not in text
+    assert str(repo["head"]) not in text
+    assert sample["info"]["harbor_error"] == ""
+    assert sample["info"]["harbor_reward"] == 1.0

@@ -24,6 +24,7 @@ from harbor_ray.backends import egress, transfer
 from harbor_ray.backends.base import ExecResult, SandboxHandle, SandboxSpec
 from harbor_ray.backends.docker import exec as X
 from harbor_ray.backends.docker import network as N
+from harbor_ray.backends.docker import runtime as R
 from harbor_ray.backends.docker.config import DockerBackendConfig
 from harbor_ray.backends.docker.endpoint import check_docker_host, connection_error, first_line, make_client
 from harbor_ray.backends.images import KeyedLocks, env_image_tag
@@ -97,6 +98,15 @@ class DockerBackend:
 
     @_typed_connection_errors
     def ensure_image(self, spec: SandboxSpec) -> str:
+        if spec.agent_runtime:  # built (and its volume filled) once per daemon, before the task's image
+            R.ensure_runtime(self.client, self.endpoint.url, spec.agent_runtime, self.build_runtime)
+        return self._ensure_task_image(spec)
+
+    def build_runtime(self, context: str, tag: str) -> None:
+        """Build an agent runtime's image from its context, as task images are built (labels, timeout, log tail)."""
+        self._build(SandboxSpec(run_label=L.RUNTIME_RUN, build_context=context), tag)
+
+    def _ensure_task_image(self, spec: SandboxSpec) -> str:
         import docker.errors
 
         if not spec.build_context:
@@ -194,6 +204,8 @@ class DockerBackend:
             "read_only": spec.read_only_root,
             "environment": dict(spec.env),
         }
+        if spec.agent_runtime:
+            kwargs["volumes"], kwargs["environment"]["PATH"] = R.mount(spec.agent_runtime, self.client, image)
         if spec.workdir:  # else the image's WORKDIR, as Harbor's Docker environment
             kwargs["working_dir"] = spec.workdir
         if spec.gpus:

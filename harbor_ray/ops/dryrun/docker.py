@@ -191,6 +191,30 @@ def check_base_image(p: DockerProbe) -> Check:
     )
 
 
+def check_agent_runtime(p: DockerProbe) -> Check:
+    """`agent.runtime` built on this daemon (its filled volume is there), or how to build it."""
+    import docker
+
+    from harbor_ray.backends.docker import runtime as R
+
+    name = p.cfg.agent.runtime
+    if not name:
+        return ok("none configured (agent.runtime)")
+    try:
+        tag = R.runtime_tag(R.recipe(name))
+    except HarborRayError as e:
+        return fail(str(e), "set agent.runtime to a shipped recipe (docs/verl.md, Agent runtimes)")
+    try:
+        p.backend.client.volumes.get(R.volume_name(tag) + "-ready")
+    except docker.errors.NotFound:
+        return warn(
+            f"agent runtime {name} ({tag}) is not built on {p.backend.endpoint.url}",
+            "run python -m harbor_ray images build agent.runtime=... (else the first sandbox builds it)",
+        )
+    size = p.backend.client.images.get(tag).attrs.get("Size", 0) / 1e6 if p.backend.client.images.list(tag) else 0
+    return ok(f"{name} present ({tag}, {size:.0f} MB), mounted read-only at {R.recipe(name).mount_path}")
+
+
 def _probe_image(p: DockerProbe) -> str | None:
     import docker
 
@@ -304,6 +328,7 @@ DOCKER_CHECKS: tuple[CheckSpec, ...] = (
     ("daemon ping", check_ping, ("DockerClient", "TLS / port")),
     ("API version", check_api_version, ("daemon ping",)),
     ("base image", check_base_image, ("daemon ping",)),
+    ("agent runtime", check_agent_runtime, ("daemon ping",)),
     ("probe container", check_probe, ("daemon ping",)),
     ("free slots", check_slots, ("daemon ping",)),
     ("hardening", check_hardening, ("probe container",)),  # what a real sandbox got, never guessed

@@ -1,0 +1,1 @@
+"""Agent runtimes built once per host and mounted read-only into sandboxes (issue 27)."""
