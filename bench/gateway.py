@@ -9,7 +9,9 @@ Prints one JSON object:
   alternating); `http_floor_p50_ms`: the same `openai` client, the same request, against a bare aiohttp route on
   the same kind of server that returns a fixed chat completion (the same reply body): what any HTTP gateway on
   this client and server stack costs, measured in the same interleaved rounds; `engine_p50_ms`: the gateway's
-  own work per call without HTTP and client (render, generate, parse, record);
+  own work per call without HTTP and client (render, generate, parse, record), the first prompt taken from
+  the gateway's cache of recent first prompts (the n samples of a GRPO group share theirs), and
+  `engine_uncached_p50_ms` the same with a new first prompt every call (rendered by verl's builder);
 - `sessions`: `--sessions` concurrent sessions of `--turns` tool-calling turns each through the openai client;
   `token_faithful` is true only if every session's record is exactly its first prompt as verl renders it, then
   the ids `generate` returned (mask 1, their log-probs) and the observations between them (mask 0).
@@ -144,17 +146,20 @@ async def overhead(gateway: Any, tokenizer: Any, calls: int) -> dict[str, float]
         "overhead_p99_ms": round(deltas[int(0.99 * (len(deltas) - 1))], 3),
         "http_floor_p50_ms": round(statistics.median(floors), 3),
         "engine_p50_ms": await engine_only(backend, messages, calls),
+        "engine_uncached_p50_ms": await engine_only(backend, messages, calls, distinct=True),
     }
 
 
-async def engine_only(backend: Any, messages: list[Any], calls: int) -> float:
-    """The gateway's own share: one call of `engine.complete` (render, generate, parse, record), no HTTP."""
+async def engine_only(backend: Any, messages: list[Any], calls: int, distinct: bool = False) -> float:
+    """The gateway's own share: one call of `engine.complete` (render, generate, parse, record), no HTTP.
+    `distinct`: every call a new first prompt, so it is rendered (not taken from the recent-prompts cache)."""
     from harbor_ray.verl.gateway import Session, engine
 
     times = []
-    for _ in range(calls):
+    for i in range(calls):
+        sent = [*messages[:-1], {**messages[-1], "content": f"{messages[-1]['content']} #{i}"}] if distinct else messages
         started = time.perf_counter()
-        await engine.complete(Session(backend), engine.ChatRequest(messages, [BASH]))
+        await engine.complete(Session(backend), engine.ChatRequest(sent, [BASH]))
         times.append((time.perf_counter() - started) * 1000)
     return round(statistics.median(times), 3)
 
