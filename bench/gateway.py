@@ -157,7 +157,9 @@ async def engine_only(backend: Any, messages: list[Any], calls: int, distinct: b
 
     times = []
     for i in range(calls):
-        sent = [*messages[:-1], {**messages[-1], "content": f"{messages[-1]['content']} #{i}"}] if distinct else messages
+        sent = (
+            [*messages[:-1], {**messages[-1], "content": f"{messages[-1]['content']} #{i}"}] if distinct else messages
+        )
         started = time.perf_counter()
         await engine.complete(Session(backend), engine.ChatRequest(sent, [BASH]))
         times.append((time.perf_counter() - started) * 1000)

@@ -78,7 +78,10 @@ def test_a_group_of_only_masked_samples_gets_zero_advantages() -> None:
 
 def test_verl_loads_the_estimator_by_its_external_modules_setting() -> None:
     # The trainer's processes get it on `import verl` (VERL_USE_EXTERNAL_MODULES, or the installed entry point).
-    code = "import verl; from verl.trainer.ppo.core_algos import get_adv_estimator_fn as g; print(g('harbor_grpo').__name__)"
+    code = (
+        "import verl; from verl.trainer.ppo.core_algos import get_adv_estimator_fn as g; "
+        "print(g('harbor_grpo').__name__)"
+    )
     env = {**os.environ, "VERL_USE_EXTERNAL_MODULES": "harbor_ray.verl.advantage"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.strip().splitlines()[-1] == "compute_harbor_grpo_advantage"

@@ -57,7 +57,13 @@ async def test_images_become_counted_placeholders(gateway, tokenizer):
 
     chat = openai.AsyncOpenAI(base_url=f"{gateway.url(session)}/v1", api_key="unused", max_retries=0)
     history: list[Any] = [
-        {"role": "user", "content": [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is this?"},
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+            ],
+        },
         {"role": "assistant", "content": "I see a screenshot."},
         {"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}]},
     ]

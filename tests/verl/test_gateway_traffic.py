@@ -113,12 +113,13 @@ class Replay:
         import anthropic
         import openai
 
-        try:
-            return await send(0.5 if failure == "timeout" else 60.0)
-        except (openai.InternalServerError, anthropic.InternalServerError, openai.APITimeoutError) as e:
-            assert failure is not None, f"unexpected failure: {e}"
-        except anthropic.APITimeoutError:
-            assert failure is not None
+        if failure is None:
+            return await send(60.0)
+        expected = (openai.InternalServerError, anthropic.InternalServerError)
+        if failure == "timeout":
+            expected = (openai.APITimeoutError, anthropic.APITimeoutError)
+        with pytest.raises(expected):
+            await send(0.5 if failure == "timeout" else 60.0)
         self.retried += 1
         return await send(60.0)  # the agent's identical retry
 
@@ -126,7 +127,10 @@ class Replay:
         import anthropic
 
         client = anthropic.AsyncAnthropic(base_url=self.base_url, api_key="unused", max_retries=0)
-        kwargs: dict[str, Any] = {"model": "policy", "max_tokens": conv.get("max_tokens", self.f.get("max_tokens", 4096))}
+        kwargs: dict[str, Any] = {
+            "model": "policy",
+            "max_tokens": conv.get("max_tokens", self.f.get("max_tokens", 4096)),
+        }
         system = self._system(conv)
         if system is not None:
             kwargs["system"] = system
@@ -146,7 +150,12 @@ class Replay:
                 self.last_text[name] = block.text
             elif block.type == "tool_use":
                 blocks.append(
-                    {"type": "tool_use", "id": block.id, "name": block.name, "input": _echo_input(self.f, block.name, block.input)}
+                    {
+                        "type": "tool_use",
+                        "id": block.id,
+                        "name": block.name,
+                        "input": _echo_input(self.f, block.name, block.input),
+                    }
                 )
                 if block.name == "Task":
                     self.task_prompt = block.input["prompt"]
@@ -182,7 +191,8 @@ class Replay:
                     "function": {
                         "name": c.function.name,
                         "arguments": json.dumps(
-                            _echo_input(self.f, c.function.name, json.loads(c.function.arguments)), separators=(",", ":")
+                            _echo_input(self.f, c.function.name, json.loads(c.function.arguments)),
+                            separators=(",", ":"),
                         ),
                     },
                 }

@@ -106,7 +106,9 @@ class Conversation:
                 except ValueError:  # verl's builder cannot append these turns (e.g. two user turns in a row)
                     break
                 mask, logprobs = backend.builder.align_response_metadata(merge, segment.mask, segment.logprobs)
-                return Plan(segment, updated, merge.token_ids, mask, list(logprobs or []), segment.prompt_len, tools_key)
+                return Plan(
+                    segment, updated, merge.token_ids, mask, list(logprobs or []), segment.prompt_len, tools_key
+                )
         latest = self.latest()
         if latest is not None and latest.tools_key == tools_key and _repeats(latest, messages, issued):
             count, start = latest.last_call  # type: ignore[misc]

@@ -110,7 +110,9 @@ class Gateway:
         session, body = await self._session_and_body(request)
         if isinstance(session, web.Response):
             return session
-        chat = anthropic_api.parse_request({**body, "max_tokens": body.get("max_tokens") or 1}, session.backend.volatile)
+        chat = anthropic_api.parse_request(
+            {**body, "max_tokens": body.get("max_tokens") or 1}, session.backend.volatile
+        )
         ids = session.backend.builder.build_initial_tokens(chat.messages, tools=chat.tools)
         return web.json_response({"input_tokens": len(ids)})
 
