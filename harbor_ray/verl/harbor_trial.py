@@ -151,8 +151,10 @@ class HarborTrialAgentLoop(AgentLoopBase):
             else:
                 result, reason, error = await self._try(tail, task_dir, gateway, session)
             tries.append({"reason": str(reason), "error": error, "calls": session.calls})
-            # Infrastructure failed before the policy's first token: nothing was spent, try a fresh sandbox.
-            if reason in RETRYABLE and not session.generated_tokens and len(tries) <= self.max_retries:
+            # Infrastructure failed in a trial that ran (not a config or task error, which a retry would repeat)
+            # before the policy's first token: nothing was spent, try a fresh sandbox.
+            retryable = result is not None and reason in RETRYABLE and not session.generated_tokens
+            if retryable and len(tries) <= self.max_retries:
                 log.warning("trial try %d: %s (%s); retrying on a fresh sandbox", len(tries), reason, error)
                 continue
             break
