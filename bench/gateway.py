@@ -110,7 +110,11 @@ async def overhead(gateway: Any, tokenizer: Any, calls: int) -> dict[str, float]
     ).chat.completions.create(model="policy", messages=messages, tools=[BASH])
     gateway.close(probe)
     runner, floor_url = await floor_server(reply.model_dump(exclude_none=True))
-    floor_client = openai.AsyncOpenAI(base_url=floor_url, api_key="unused", max_retries=0, http_client=http)
+    floor_clients = [
+        openai.AsyncOpenAI(base_url=floor_url, api_key="unused", max_retries=0, http_client=http) for _ in clients
+    ]
+    # Both sides alike: a client per call, built beforehand with its resources (`chat.completions`) touched.
+    touched = [client.chat.completions for client in [*clients, *floor_clients]]
     deltas, floors = [], []
     for i, client in enumerate(clients):
 
@@ -124,7 +128,7 @@ async def overhead(gateway: Any, tokenizer: Any, calls: int) -> dict[str, float]
             await client.chat.completions.create(model="policy", messages=messages, tools=[BASH])
             return time.perf_counter() - t
 
-        async def bare() -> float:
+        async def bare(floor_client: Any = floor_clients[i]) -> float:
             t = time.perf_counter()
             await floor_client.chat.completions.create(model="policy", messages=messages, tools=[BASH])
             return time.perf_counter() - t
@@ -138,6 +142,7 @@ async def overhead(gateway: Any, tokenizer: Any, calls: int) -> dict[str, float]
             floors.append(f * 1000)
     for session in sessions:
         gateway.close(session)
+    del touched
     await http.aclose()
     await runner.cleanup()
     deltas.sort()
