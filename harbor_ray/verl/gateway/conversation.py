@@ -75,10 +75,11 @@ class Plan:
 class Conversation:
     """A lineage of calls sharing a first turn: the main agent's, a sub-agent's, a title call's…"""
 
-    def __init__(self, index: int, system: str, first_user: str) -> None:
+    def __init__(self, index: int, system: str, first_user: str, tools_key: str) -> None:
         self.index = index
         self.system = system
         self.first_user = first_user
+        self.tools_key = tools_key  # its first call's tools
         self.segments: list[Segment] = []
         self.lock = asyncio.Lock()  # one call at a time per conversation: each call extends its record
         self.overlong = False

@@ -4,9 +4,9 @@ An agent's calls are not one conversation: claude-code asks for a title or topic
 runs Task sub-agents (another system prompt, the sub-task as first message) next to its main loop, and may
 compact its history. A call goes to (`Session.route`):
 1. the conversation one of whose segments it continues (by lineage: messages.same_turns) or repeats;
-2. else the latest conversation with the same system prompt or the same first user message (compaction, an
-   edited turn, changed tools, a system line that changes on every call and is not in the volatile list: a
-   rewrite there, counted);
+2. else the latest conversation with the same system prompt, or with the same first user message and tools
+   (compaction, an edited turn, changed tools, a system line that changes on every call and is not in the
+   volatile list: a rewrite there, counted; a title call that repeats the task has no tools);
 3. else a new conversation.
 Each conversation has its own lock, record and limits (`conversation.py`), so parallel sub-agents do not
 serialize each other and a sub-agent's overflow does not end the main agent.
@@ -136,9 +136,9 @@ class Session:
                 return conv
         system, first_user = _first(messages, "system"), _first(messages, "user")
         for conv in reversed(self.conversations):
-            if conv.system == system or conv.first_user == first_user:
+            if conv.system == system or (conv.first_user == first_user and conv.tools_key == tools_key):
                 return conv
-        conv = Conversation(len(self.conversations), system, first_user)
+        conv = Conversation(len(self.conversations), system, first_user, tools_key)
         self.conversations.append(conv)
         return conv
 
