@@ -4,10 +4,14 @@
 
 Prints one JSON object:
 - `overhead_p50_ms` / `overhead_p99_ms`: a chat completion with tools through the gateway with the official
-  `openai` client (a fresh session per call, so the prompt is rendered with the chat template each time; each
-  client built beforehand, as an agent builds its client once) minus the same `server_manager.generate` awaited
-  directly, paired and interleaved (`--calls` pairs, order alternating); `engine_p50_ms`: the gateway's own work
-  per call without HTTP and client (render, generate, parse, record);
+  `openai` client (a fresh session per call; each client built beforehand, as an agent builds its client once)
+  minus the same `server_manager.generate` awaited directly, paired and interleaved (`--calls` pairs, order
+  alternating); `http_floor_p50_ms`: the same `openai` client, the same request, against a bare aiohttp route on
+  the same kind of server that returns a fixed chat completion (the same reply body): what any HTTP gateway on
+  this client and server stack costs, measured in the same interleaved rounds; `engine_p50_ms`: the gateway's
+  own work per call without HTTP and client (render, generate, parse, record), the first prompt taken from
+  the gateway's cache of recent first prompts (the n samples of a GRPO group share theirs), and
+  `engine_uncached_p50_ms` the same with a new first prompt every call (rendered by verl's builder);
 - `sessions`: `--sessions` concurrent sessions of `--turns` tool-calling turns each through the openai client;
   `token_faithful` is true only if every session's record is exactly its first prompt as verl renders it, then
   the ids `generate` returned (mask 1, their log-probs) and the observations between them (mask 0).
@@ -63,6 +67,26 @@ class InstantManager:
         return TokenOutput(token_ids=ids, log_probs=logprobs)
 
 
+async def floor_server(reply: dict[str, Any]) -> tuple[Any, str]:
+    """An aiohttp server (as the gateway's) whose route reads the JSON body and answers a fixed completion."""
+    from aiohttp import web
+
+    body = json.dumps(reply).encode()
+
+    async def handler(request: web.Request) -> web.Response:
+        json.loads(await request.read())
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/{session}/v1/chat/completions", handler)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server: Any = site._server
+    return runner, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/floor/v1"
+
+
 async def overhead(gateway: Any, tokenizer: Any, calls: int) -> dict[str, float]:
     import httpx
     import openai
@@ -79,7 +103,19 @@ async def overhead(gateway: Any, tokenizer: Any, calls: int) -> dict[str, float]
         openai.AsyncOpenAI(base_url=f"{gateway.url(s)}/v1", api_key="unused", max_retries=0, http_client=http)
         for s in sessions
     ]
-    deltas = []
+    # The floor's reply: what the gateway answers to this request (taken from one gateway call).
+    probe = gateway.open(backend)
+    reply = await openai.AsyncOpenAI(
+        base_url=f"{gateway.url(probe)}/v1", api_key="unused", max_retries=0, http_client=http
+    ).chat.completions.create(model="policy", messages=messages, tools=[BASH])
+    gateway.close(probe)
+    runner, floor_url = await floor_server(reply.model_dump(exclude_none=True))
+    floor_clients = [
+        openai.AsyncOpenAI(base_url=floor_url, api_key="unused", max_retries=0, http_client=http) for _ in clients
+    ]
+    # Both sides alike: a client per call, built beforehand with its resources (`chat.completions`) touched.
+    touched = [client.chat.completions for client in [*clients, *floor_clients]]
+    deltas, floors = [], []
     for i, client in enumerate(clients):
 
         async def direct(rid: str = f"direct-{i}") -> float:
@@ -92,31 +128,45 @@ async def overhead(gateway: Any, tokenizer: Any, calls: int) -> dict[str, float]
             await client.chat.completions.create(model="policy", messages=messages, tools=[BASH])
             return time.perf_counter() - t
 
+        async def bare(floor_client: Any = floor_clients[i]) -> float:
+            t = time.perf_counter()
+            await floor_client.chat.completions.create(model="policy", messages=messages, tools=[BASH])
+            return time.perf_counter() - t
+
         if i % 2:
-            d, g = await direct(), await through()
+            d, g, f = await direct(), await through(), await bare()
         else:
-            g, d = await through(), await direct()
+            f, g, d = await bare(), await through(), await direct()
         if i >= 20:  # warm-up: connection pool, template compilation
             deltas.append((g - d) * 1000)
+            floors.append(f * 1000)
     for session in sessions:
         gateway.close(session)
+    del touched
     await http.aclose()
+    await runner.cleanup()
     deltas.sort()
     return {
         "overhead_p50_ms": round(statistics.median(deltas), 3),
         "overhead_p99_ms": round(deltas[int(0.99 * (len(deltas) - 1))], 3),
+        "http_floor_p50_ms": round(statistics.median(floors), 3),
         "engine_p50_ms": await engine_only(backend, messages, calls),
+        "engine_uncached_p50_ms": await engine_only(backend, messages, calls, distinct=True),
     }
 
 
-async def engine_only(backend: Any, messages: list[Any], calls: int) -> float:
-    """The gateway's own share: one call of `engine.complete` (render, generate, parse, record), no HTTP."""
+async def engine_only(backend: Any, messages: list[Any], calls: int, distinct: bool = False) -> float:
+    """The gateway's own share: one call of `engine.complete` (render, generate, parse, record), no HTTP.
+    `distinct`: every call a new first prompt, so it is rendered (not taken from the recent-prompts cache)."""
     from harbor_ray.verl.gateway import Session, engine
 
     times = []
-    for _ in range(calls):
+    for i in range(calls):
+        sent = (
+            [*messages[:-1], {**messages[-1], "content": f"{messages[-1]['content']} #{i}"}] if distinct else messages
+        )
         started = time.perf_counter()
-        await engine.complete(Session(backend), engine.ChatRequest(messages, [BASH]))
+        await engine.complete(Session(backend), engine.ChatRequest(sent, [BASH]))
         times.append((time.perf_counter() - started) * 1000)
     return round(statistics.median(times), 3)
 

@@ -47,7 +47,7 @@ OVERRIDES=(
   actor_rollout_ref.rollout.agent.num_workers=8
   actor_rollout_ref.rollout.agent.default_agent_loop=harbor_sandbox
   actor_rollout_ref.rollout.agent.agent_loop_config_path=conf/verl/agent_loop.yaml
-  algorithm.adv_estimator=grpo
+  algorithm.adv_estimator=harbor_grpo
   trainer.n_gpus_per_node=$N_GPUS
   trainer.nnodes=1
   trainer.total_epochs=20
@@ -63,7 +63,7 @@ OVERRIDES=(
 # node: it writes the datasets there, then starts verl's trainer with harbor_ray's config directory.
 # HARBOR_RAY_TASK_ROOT makes every agent-loop worker read the tasks from its own copy of the working directory.
 ray job submit --address="$RAY_ADDRESS" --working-dir=. \
-  --runtime-env-json="{\"env_vars\": {\"HARBOR_RAY_TASK_ROOT\": \"$TASKS\", \"RAY_USAGE_STATS_ENABLED\": \"0\"}}" \
+  --runtime-env-json="{\"env_vars\": {\"HARBOR_RAY_TASK_ROOT\": \"$TASKS\", \"RAY_USAGE_STATS_ENABLED\": \"0\", \"VERL_USE_EXTERNAL_MODULES\": \"harbor_ray.verl.advantage\"}}" \
   -- bash -c "python -m harbor_ray verl-dataset tasks=$TASKS out=data/harbor/train.parquet \
     && python -m harbor_ray verl-dataset tasks=$TASKS out=data/harbor/val.parquet split=val \
     && python -m verl.trainer.main_ppo --config-path=\$PWD/conf/verl --config-name=harbor_ppo $(printf '%q ' "${OVERRIDES[@]}")"

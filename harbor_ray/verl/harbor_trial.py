@@ -7,6 +7,9 @@ cluster's shared pool; `await Trial.create(config)` then `run()`. The reward is 
 (`verifier_result.rewards[reward_key]`). The `AgentLoopOutput` is the session's token record: exactly the ids
 `generate` returned (mask 1, their log-probs) and the context between them (mask 0). How the trial ended is
 one termination reason (harbor_ray.harbor.outcome) whose policy (train / zero / mask) decides reward and mask.
+A trial that fails for infrastructure before the policy's first token (`env_setup_failed`, `sandbox_lost`) is
+tried again on a fresh sandbox and session, up to `max_retries` times; the session's main conversation (the one
+that began with the task's instruction) is what is trained (harbor_ray.verl.gateway.session).
 
 Agents that run inside the sandbox (installed agents: claude-code, openhands, codex…) reach the gateway
 through the sandbox's "gateway only" network (docs/network.md): their URL uses
@@ -37,6 +40,7 @@ from harbor_ray.verl.task import task_path
 log = logging.getLogger(__name__)
 
 ENVIRONMENT = "harbor_ray.harbor.environment:RayEnvironment"
+RETRYABLE = (Reason.ENV_SETUP_FAILED, Reason.SANDBOX_LOST)
 PHASES = ("environment_setup", "agent_setup", "agent_execution", "verifier")
 
 
@@ -75,6 +79,11 @@ class HarborTrialAgentLoop(AgentLoopBase):
             backend (reachable from the sandbox's forwarder), else this Ray node's IP.
         trials_dir: where Harbor writes trial directories.
         task_root: as for `harbor_sandbox`.
+        max_retries: tries after the first when the trial fails for infrastructure (`env_setup_failed`,
+            `sandbox_lost`) before the policy generated any token: each on a fresh sandbox and session, each
+            recorded (`harbor_tries`, `harbor_try_reasons`); never after a token was generated.
+        volatile_lines: system-prompt lines (regular expressions) the gateway drops before rendering; null:
+            harbor_ray.verl.gateway.messages.VOLATILE_LINES (claude-code's billing header).
     """
 
     def __init__(
@@ -91,6 +100,8 @@ class HarborTrialAgentLoop(AgentLoopBase):
         gateway_host: str = "auto",
         trials_dir: str = "jobs/verl-trials",
         task_root: str | None = None,
+        max_retries: int = 2,
+        volatile_lines: list[str] | tuple[str, ...] | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("tools", None)  # verl passes its tool list to every loop; the Harbor agent brings its own
@@ -108,6 +119,11 @@ class HarborTrialAgentLoop(AgentLoopBase):
         self.gateway_host = gateway_host
         self.trials_dir = Path(trials_dir)
         self.task_root = task_root
+        if int(max_retries) < 0:
+            msg = f"max_retries: {max_retries} is negative; give 0 (no retry) or more"
+            raise ValueError(msg)
+        self.max_retries = int(max_retries)
+        self.volatile_lines = None if volatile_lines is None else tuple(str(v) for v in volatile_lines)
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
         tail = tails.join(self.harbor_cfg)  # first, before any await (see harbor_ray.verl.tails)
@@ -119,12 +135,37 @@ class HarborTrialAgentLoop(AgentLoopBase):
     async def _run(self, tail: TailKill, sampling_params: dict[str, Any], kwargs: dict[str, Any]) -> AgentLoopOutput:
         gateway = await process_gateway(self._gateway_address())
         model = str(self.agent.get("model_name") or "policy")
-        session = gateway.open(backend_for(self, sampling_params, model.rsplit("/", 1)[-1]))
+        started = time.perf_counter()
+        tries: list[dict[str, Any]] = []
+        try:
+            task_dir: Path | None = task_path(kwargs, self.task_root)
+        except TaskError as e:
+            task_dir, task_error = None, e
+        instruction = _instruction(task_dir)
+        while True:
+            backend = backend_for(self, sampling_params, model.rsplit("/", 1)[-1], self.volatile_lines)
+            session = gateway.open(backend, task=instruction)
+            if task_dir is None:
+                result, reason, error = None, Reason.ENV_SETUP_FAILED, f"task: {task_error}"
+                gateway.close(session)
+            else:
+                result, reason, error = await self._try(tail, task_dir, gateway, session)
+            tries.append({"reason": str(reason), "error": error, "calls": session.calls})
+            # Infrastructure failed in a trial that ran (not a config or task error, which a retry would repeat)
+            # before the policy's first token: nothing was spent, try a fresh sandbox.
+            retryable = result is not None and reason in RETRYABLE and not session.generated_tokens
+            if retryable and len(tries) <= self.max_retries:
+                log.warning("trial try %d: %s (%s); retrying on a fresh sandbox", len(tries), reason, error)
+                continue
+            break
+        return await self._output(kwargs, session, result, reason, error, time.perf_counter() - started, tries)
+
+    async def _try(self, tail: TailKill, task_dir: Path, gateway: Gateway, session: Session) -> tuple[Any, Reason, str]:
+        """One try of the trial on its own session: (Harbor's result or None, the reason, the error)."""
         result: Any = None
         error = ""
-        started = time.perf_counter()
         try:
-            result = await tail.run(self._run_trial(task_path(kwargs, self.task_root), gateway, session))
+            result = await tail.run(self._run_trial(task_dir, gateway, session))
             info = result.exception_info
             error = f"{info.exception_type}: {info.exception_message.strip()[:300]}" if info else ""
             reason = termination.reason_for_trial(
@@ -141,7 +182,7 @@ class HarborTrialAgentLoop(AgentLoopBase):
             reason, error = Reason.ENV_SETUP_FAILED, f"{type(e).__name__}: {str(e).strip()[:300]}"
         finally:
             gateway.close(session)
-        return await self._output(kwargs, session, result, reason, error, time.perf_counter() - started)
+        return result, reason, error
 
     # --- the trial ------------------------------------------------------------------------------------
 
@@ -231,7 +272,14 @@ class HarborTrialAgentLoop(AgentLoopBase):
     # --- the sample -----------------------------------------------------------------------------------
 
     async def _output(
-        self, kwargs: dict[str, Any], session: Session, result: Any, reason: Reason, error: str, total_s: float
+        self,
+        kwargs: dict[str, Any],
+        session: Session,
+        result: Any,
+        reason: Reason,
+        error: str,
+        total_s: float,
+        tries: list[dict[str, Any]],
     ) -> AgentLoopOutput:
         record = session.result(self.rewrite_policy)
         if record is None:
@@ -256,6 +304,8 @@ class HarborTrialAgentLoop(AgentLoopBase):
             "harbor_rewards": _json(rewards),
             "harbor_trial_dir": str(self.trials_dir.resolve() / result.trial_name) if result is not None else "",
             **termination.extra(reason, masked),
+            "harbor_tries": float(len(tries)),
+            "harbor_try_reasons": _json([t["reason"] for t in tries]),
             **record.counts,
         }
         for key in self.reward_keys:
@@ -300,6 +350,14 @@ def gateway_address(cfg: Config) -> str:
     import ray
 
     return str(ray.util.get_node_ip_address())
+
+
+def _instruction(task_dir: Path | None) -> str | None:
+    """The task's instruction, which tells the session's main conversation from side ones (None: unreadable)."""
+    try:
+        return (task_dir / "instruction.md").read_text() if task_dir is not None else None
+    except OSError:
+        return None
 
 
 def _seconds(timing: Any) -> float:

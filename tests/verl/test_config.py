@@ -82,7 +82,7 @@ def test_example_overrides_pass_verls_own_validation(tiny_model: Path, monkeypat
     assert rollout.mode == "async"
     assert rollout.agent.default_agent_loop == "harbor_sandbox"
     assert rollout.multi_turn.format == "hermes"
-    assert config.algorithm.adv_estimator == "grpo"
+    assert config.algorithm.adv_estimator == "harbor_grpo"
     monkeypatch.chdir(ROOT)
     names = [e.name for e in OmegaConf.load(resolve_config_path(rollout.agent.agent_loop_config_path))]
     assert rollout.agent.default_agent_loop in names

@@ -1,8 +1,9 @@
 """The token-faithful model gateway: agents' OpenAI/Anthropic calls -> verl's `server_manager.generate`.
 
 `server` is the HTTP server (one per agent-loop worker process, started lazily by the first trial:
-`process_gateway`), `openai_api` / `anthropic_api` the two protocols, `engine` one call, `session` the token
-record and the rewrite policy, `messages` the canonical chat form, `render` verl's renderer and tool parser.
+`process_gateway`), `openai_api` / `anthropic_api` the two protocols, `engine` one call, `session` a trial's
+conversations and the rewrite policy, `conversation` one conversation's token record (lineage, retries,
+limits), `messages` the canonical chat form, `render` verl's renderer and tool parser.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ templates expect. Thinking blocks sent back by the client are dropped (the recor
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,14 +28,14 @@ def _blocks(content: Any, field: str) -> list[dict[str, Any]]:
     raise M.BadRequest(msg)
 
 
-def _turns(i: int, raw: Any) -> list[dict[str, Any]]:
+def _turns(i: int, raw: Any, counts: Counter[str]) -> list[dict[str, Any]]:
     field = f"messages[{i}]"
     if not isinstance(raw, dict) or raw.get("role") not in ("user", "assistant"):
         msg = f"{field}.role: user or assistant"
         raise M.BadRequest(msg)
     blocks = _blocks(raw.get("content"), f"{field}.content")
     if raw["role"] == "assistant":
-        text = M.text_of([b for b in blocks if b.get("type") != "tool_use"], f"{field}.content")
+        text = M.text_of([b for b in blocks if b.get("type") != "tool_use"], f"{field}.content", counts)
         calls = [
             M.tool_call(b.get("id", ""), b.get("name", ""), b.get("input") or {})
             for b in blocks
@@ -45,18 +47,25 @@ def _turns(i: int, raw: Any) -> list[dict[str, Any]]:
     for b in blocks:
         if b.get("type") == "tool_result":
             content = b.get("content")
-            text = M.text_of(content if content is not None else "", f"{field}.content.tool_result")
+            text = M.text_of(content if content is not None else "", f"{field}.content.tool_result", counts)
             if b.get("is_error"):
                 text = f"[error] {text}"
             turns.append({"role": "tool", "content": text, "tool_call_id": str(b.get("tool_use_id", ""))})
         else:
             rest.append(b)
     if rest or not turns:
-        turns.append({"role": "user", "content": M.text_of(rest, f"{field}.content")})
+        turns.append({"role": "user", "content": M.text_of(rest, f"{field}.content", counts)})
     return turns
 
 
-def parse_request(body: Any) -> ChatRequest:
+def _system(raw: Any, volatile: re.Pattern[str] | None) -> str:
+    """The system blocks as one text, each block without its volatile lines (a block that was only volatile
+    lines, like claude-code's billing-header block, disappears)."""
+    blocks = _blocks(raw, "system")
+    return "".join(M.strip_volatile(M.text_of([b], "system"), volatile) for b in blocks)
+
+
+def parse_request(body: Any, volatile: re.Pattern[str] | None = None) -> ChatRequest:
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
         msg = "messages: required, a list of messages"
         raise M.BadRequest(msg)
@@ -65,10 +74,12 @@ def parse_request(body: Any) -> ChatRequest:
         msg = "max_tokens: required, a positive integer"
         raise M.BadRequest(msg)
     out: list[dict[str, Any]] = []
-    if body.get("system"):
-        out.append({"role": "system", "content": M.text_of(_blocks(body["system"], "system"), "system")})
+    counts: Counter[str] = Counter()
+    system = _system(body["system"], volatile) if body.get("system") else ""
+    if system:
+        out.append({"role": "system", "content": system})
     for i, raw in enumerate(body["messages"]):
-        out.extend(_turns(i, raw))
+        out.extend(_turns(i, raw, counts))
     tools = None
     if body.get("tools"):
         try:
@@ -88,7 +99,11 @@ def parse_request(body: Any) -> ChatRequest:
             raise M.BadRequest(msg) from e
     choice = body.get("tool_choice") or {}
     return ChatRequest(
-        out, tools, max_tokens, parse_tools=not (isinstance(choice, dict) and choice.get("type") == "none")
+        out,
+        tools,
+        max_tokens,
+        parse_tools=not (isinstance(choice, dict) and choice.get("type") == "none"),
+        counts=counts,
     )
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,18 +14,22 @@ from harbor_ray.verl.gateway.engine import ChatRequest, Completion
 ROLES = {"system", "developer", "user", "assistant", "tool"}
 
 
-def parse_request(body: Any) -> ChatRequest:
+def parse_request(body: Any, volatile: re.Pattern[str] | None = None) -> ChatRequest:
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
         msg = "messages: required, a list of chat messages"
         raise M.BadRequest(msg)
     out: list[dict[str, Any]] = []
+    counts: Counter[str] = Counter()
     for i, raw in enumerate(body["messages"]):
         field = f"messages[{i}]"
         if not isinstance(raw, dict) or raw.get("role") not in ROLES:
             msg = f"{field}.role: one of {', '.join(sorted(ROLES))}"
             raise M.BadRequest(msg)
         role = "system" if raw["role"] == "developer" else raw["role"]
-        message: dict[str, Any] = {"role": role, "content": M.text_of(raw.get("content"), f"{field}.content")}
+        text = M.text_of(raw.get("content"), f"{field}.content", counts)
+        if role == "system":
+            text = M.strip_volatile(text, volatile)
+        message: dict[str, Any] = {"role": role, "content": text}
         if role == "assistant" and raw.get("tool_calls"):
             try:
                 message["tool_calls"] = [
@@ -46,7 +52,7 @@ def parse_request(body: Any) -> ChatRequest:
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
         msg = "max_tokens: a positive integer"
         raise M.BadRequest(msg)
-    return ChatRequest(out, tools, max_tokens, parse_tools=body.get("tool_choice") != "none")
+    return ChatRequest(out, tools, max_tokens, parse_tools=body.get("tool_choice") != "none", counts=counts)
 
 
 def _calls(completion: Completion) -> list[dict[str, Any]]:

@@ -10,11 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from harbor_ray.verl.gateway import messages as M
 from harbor_ray.verl.gateway.session import Backend
 
 
-def backend_for(agent_loop: Any, sampling_params: dict[str, Any], model_name: str = "policy") -> Backend:
-    """A session backend over `agent_loop.server_manager` (an `AgentLoopBase`), with verl's sampling params."""
+def backend_for(
+    agent_loop: Any,
+    sampling_params: dict[str, Any],
+    model_name: str = "policy",
+    volatile_lines: tuple[str, ...] | None = None,
+) -> Backend:
+    """A session backend over `agent_loop.server_manager` (an `AgentLoopBase`), with verl's sampling params;
+    `volatile_lines` None: messages.VOLATILE_LINES."""
     from verl.experimental.agent_loop.tool_parser import ToolParser
 
     rollout = agent_loop.rollout_config
@@ -27,4 +34,5 @@ def backend_for(agent_loop: Any, sampling_params: dict[str, Any], model_name: st
         prompt_length=int(rollout.prompt_length),
         response_length=int(rollout.response_length),
         model_name=model_name,
+        volatile_lines=M.VOLATILE_LINES if volatile_lines is None else tuple(volatile_lines),
     )

@@ -76,8 +76,9 @@ class Gateway:
     def url(self, session: Session) -> str:
         return f"{self.base_url}/{session.id}"
 
-    def open(self, backend: Backend, session_id: str | None = None) -> Session:
-        session = Session(backend, session_id)
+    def open(self, backend: Backend, session_id: str | None = None, task: str | None = None) -> Session:
+        """A new session; `task` (the trial's instruction) tells its main conversation from side ones."""
+        session = Session(backend, session_id, task)
         self.sessions[session.id] = session
         return session
 
@@ -109,7 +110,9 @@ class Gateway:
         session, body = await self._session_and_body(request)
         if isinstance(session, web.Response):
             return session
-        chat = anthropic_api.parse_request({**body, "max_tokens": body.get("max_tokens") or 1})
+        chat = anthropic_api.parse_request(
+            {**body, "max_tokens": body.get("max_tokens") or 1}, session.backend.volatile
+        )
         ids = session.backend.builder.build_initial_tokens(chat.messages, tools=chat.tools)
         return web.json_response({"input_tokens": len(ids)})
 
@@ -136,14 +139,14 @@ class Gateway:
     async def _serve(
         self,
         request: web.Request,
-        parse: Callable[[Any], engine.ChatRequest],
+        parse: Callable[[Any, Any], engine.ChatRequest],
         reply: Callable[[web.Request, Any, engine.Completion, str], Any],
     ) -> web.StreamResponse:
         session, body = await self._session_and_body(request)
         if isinstance(session, web.StreamResponse):
             return session
         try:
-            chat = parse(body)
+            chat = parse(body, session.backend.volatile)
             completion = await engine.complete(session, chat)
         except M.BadRequest as e:
             session.errors += 1

@@ -4,6 +4,8 @@ Each turn it runs the image's python3 in the sandbox to POST the conversation to
 endpoint (`session_url`, i.e. http://gateway.harbor-ray.internal:PORT/<session>), takes the reply text as
 one shell command, runs it, and sends its output back as the next user turn, until the reply is `DONE`.
 The reply `KILL-MY-SANDBOX` makes it kill its own container (as a crashed node would) and go on.
+With `kill_first` (a host path) it kills its own sandbox before its first model call unless that file exists,
+creating it: the first try of a trial loses its sandbox before the policy generated anything, a retry does not.
 With `probe` ("HOST:PORT") it first tries to open that address from the same sandbox and writes what
 happened to `<logs_dir>/probe.json`.
 """
@@ -14,6 +16,7 @@ import asyncio
 import base64
 import json
 import shlex
+from pathlib import Path
 
 import docker
 from harbor.agents.base import BaseAgent
@@ -43,10 +46,13 @@ except OSError as e:
 
 
 class GatewayAgent(BaseAgent):
-    def __init__(self, *args, session_url: str = "", probe: str = "", max_turns: int = 8, **kwargs) -> None:
+    def __init__(
+        self, *args, session_url: str = "", probe: str = "", max_turns: int = 8, kill_first: str = "", **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.session_url = session_url
         self.probe = probe
+        self.kill_first = kill_first
         self.max_turns = int(max_turns)
 
     @staticmethod
@@ -69,6 +75,9 @@ class GatewayAgent(BaseAgent):
             gateway = await self._python(environment, PROBE, self.session_url.split("/")[2])
             other = await self._python(environment, PROBE, self.probe)
             (self.logs_dir / "probe.json").write_text(json.dumps({"gateway": gateway, "other": other}))
+        if self.kill_first and not Path(self.kill_first).exists():
+            Path(self.kill_first).write_text("killed")
+            await asyncio.to_thread(_kill, environment.last_sandbox)  # type: ignore[attr-defined]
         messages = [{"role": "user", "content": instruction}]
         for _ in range(self.max_turns):
             body = json.dumps({"model": "policy", "max_tokens": 256, "messages": messages}).encode()
