@@ -23,6 +23,7 @@ COMMANDS = {
     "images": ("harbor_ray.ops.images", "base images (offline); `images build tasks=…` prebuilds task images"),
     "config": ("harbor_ray.ops.show", "print the composed config, or every key with its doc (--keys)"),
     "verl-dataset": ("harbor_ray.verl.dataset", "write a verl RLHFDataset parquet from Harbor tasks"),
+    "train-smoke": ("harbor_ray.ops.train_smoke", "a few GRPO steps of verl's own trainer on CPU (tiny model)"),
 }
 
 

@@ -10,6 +10,8 @@
 # Every node needs `pip install 'harbor-ray[verl]'` (or ship it with the runtime env below), and the task
 # images' base image (harbor-ray/base:bookworm here) on its Docker daemon.
 #
+# Before GPU hours: scripts/train_smoke.sh runs the same trainer and config on CPU (tiny model, 2 steps).
+#
 # Environment knobs: MODEL_PATH, TASKS (a directory of Harbor tasks, inside this repository), RAY_ADDRESS,
 # N_GPUS. Anything else: add a verl override at the end of OVERRIDES.
 set -euo pipefail

@@ -232,6 +232,7 @@ class HarborSandboxAgentLoop(ToolAgentLoop):
                 "turn_scores": [],
                 "tool_rewards": [],
                 "reward_extra_info": self._extra(0.0, failed=True, error=error, reason=reason, masked=True),
+                **termination.weights_versions(kwargs),
             },
         )
 

@@ -294,7 +294,7 @@ class HarborTrialAgentLoop(AgentLoopBase):
             response_logprobs=record.response_logprobs[:limit] if self._logprobs(kwargs) else None,
             num_turns=2 * record.generations + 1,
             metrics=self._metrics(result, session, total_s),
-            extra_fields={},
+            extra_fields=termination.weights_versions(kwargs),
         )
         score, masked = termination.apply(output, reason, score, self.policy)
         info: dict[str, Any] = {

@@ -50,3 +50,14 @@ def apply(output: Any, reason: Reason, score: float, overrides: Mapping[str, str
 
 def extra(reason: Reason, masked: bool) -> dict[str, Any]:
     return {"harbor_termination": str(reason), "harbor_masked": float(masked)}
+
+
+def weights_versions(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """`min_global_steps`/`max_global_steps` for a sample whose generations did not report them (none ran, or
+    they went through the gateway): verl's v1 trainer reads them from every sample (its staleness metrics) and
+    fails on None. Within a synchronous step the rollout serves the weights of step `global_steps - 1`."""
+    step = kwargs.get("global_steps")
+    if step is None:
+        return {}
+    version = max(int(step) - 1, 0)
+    return {"min_global_steps": version, "max_global_steps": version}

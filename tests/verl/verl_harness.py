@@ -10,84 +10,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from harbor_ray.verl.cpu.tiny_model import CHAT_TEMPLATE, build_tiny_model
+
+__all__ = ["CHAT_TEMPLATE", "build_tiny_model"]  # the shared offline builder (harbor_ray.verl.cpu.tiny_model)
+
 ROOT = Path(__file__).resolve().parents[2]
 CONF_VERL = ROOT / "conf" / "verl"
 TASKS = ROOT / "examples" / "tasks"
 FIXTURE_TASKS = Path(__file__).resolve().parent / "fixtures" / "tasks"
 SANDBOX_RESOURCE = "sandbox_slot"
-
-# Qwen2.5-style ChatML with tools rendered in the system turn and hermes <tool_call> blocks.
-CHAT_TEMPLATE = """\
-{%- if tools %}
-{{- '<|im_start|>system\\n' }}
-{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}
-{{- '# Tools\\n\\nYou may call functions. Their signatures:\\n<tools>' }}
-{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}
-{{- '\\n</tools>\\n\\nCall one as <tool_call>\\n{"name": <name>, "arguments": <json object>}\\n' }}
-{{- '</tool_call><|im_end|>\\n' }}
-{%- elif messages[0].role == 'system' %}
-{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}
-{%- endif %}
-{%- for message in messages %}
-{%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}
-{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}
-{%- elif message.role == 'assistant' %}
-{{- '<|im_start|>assistant' }}
-{%- if message.content %}{{- '\\n' + message.content }}{%- endif %}
-{%- for call in message.tool_calls | default([]) %}
-{%- set fn = call.function if call.function is defined else call %}
-{{- '\\n<tool_call>\\n{"name": "' + fn.name + '", "arguments": ' }}
-{{- fn.arguments if fn.arguments is string else (fn.arguments | tojson) }}
-{{- '}\\n</tool_call>' }}
-{%- endfor %}
-{{- '<|im_end|>\\n' }}
-{%- elif message.role == 'tool' %}
-{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}
-{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}
-{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}
-{%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}
-"""
-
-_CORPUS = [
-    "Create the file /app/hello.txt containing exactly the line Hello, world!",
-    'printf "Hello, world!\\n" > /app/hello.txt && cat /app/hello.txt',
-    '{"name": "bash", "arguments": {"command": "ls -la /app"}}',
-    "[exit code: 0] (no output) You are a helpful assistant. Run a bash command in the sandbox.",
-    'python3 -c \'import json; json.dump({"lines": 3, "words": 15}, open("/app/stats.json", "w"))\'',
-]
-
-
-def build_tiny_model(out: Path) -> Path:
-    """A byte-level BPE tokenizer (any text encodes and decodes exactly) plus a tiny Qwen2 config.json."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=800,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-    )
-    tok.train_from_iterator(_CORPUS * 30, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE
-    )
-    fast.add_tokens(["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"])
-    fast.save_pretrained(out)
-    Qwen2Config(
-        vocab_size=len(fast),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        architectures=["Qwen2ForCausalLM"],
-    ).save_pretrained(out)
-    return out
 
 
 def compose_verl(overrides: list[str]) -> Any:
