@@ -12,6 +12,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +27,24 @@ from verl_harness import SANDBOX_RESOURCE, build_tiny_model  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model: Path) -> Any:
+    """verl's own loading of the tiny model's tokenizer."""
+    from verl.utils import hf_tokenizer
+
+    return hf_tokenizer(str(tiny_model))
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[Any]:
+    """A model gateway on loopback with its default limits (test_gateway.py has one with a small body limit)."""
+    from harbor_ray.verl.gateway import Gateway
+
+    gw = await Gateway.start("127.0.0.1")
+    yield gw
+    await gw.stop()
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,6 @@ pytestmark = [pytest.mark.verl, pytest.mark.gateway]
 SMALL_BODY = 256 * 1024
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model: Any) -> Any:
-    from verl.utils import hf_tokenizer
-
-    return hf_tokenizer(str(tiny_model))
-
-
 @pytest.fixture
 async def gateway() -> Any:
     from harbor_ray.verl.gateway import Gateway

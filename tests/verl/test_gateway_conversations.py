@@ -17,22 +17,6 @@ pytestmark = [pytest.mark.verl, pytest.mark.gateway]
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model: Any) -> Any:
-    from verl.utils import hf_tokenizer
-
-    return hf_tokenizer(str(tiny_model))
-
-
-@pytest.fixture
-async def gateway() -> Any:
-    from harbor_ray.verl.gateway import Gateway
-
-    gw = await Gateway.start("127.0.0.1")
-    yield gw
-    await gw.stop()
-
-
 def _session(gateway: Any, tokenizer: Any, turns: list[str], task: str | None = None, **limits: Any) -> Any:
     manager = ScriptedServerManager(tokenizer, {"": [turns]})
     return gateway.open(gateway_backend(tokenizer, manager, **limits), task=task), manager

@@ -217,22 +217,6 @@ def main_calls(fixture: dict[str, Any], upto: int | None = None) -> list[int]:
     return [i for i, s in enumerate(fixture["steps"][:upto]) if s["conv"] == "main"]
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model: Any) -> Any:
-    from verl.utils import hf_tokenizer
-
-    return hf_tokenizer(str(tiny_model))
-
-
-@pytest.fixture
-async def gateway() -> Any:
-    from harbor_ray.verl.gateway import Gateway
-
-    gw = await Gateway.start("127.0.0.1")
-    yield gw
-    await gw.stop()
-
-
 def _open(gateway: Any, tokenizer: Any, fixture: dict[str, Any], texts: list[str], before_turn: Any = None) -> Any:
     manager = ScriptedServerManager(tokenizer, {"": [texts]}, before_turn)
     session = gateway.open(gateway_backend(tokenizer, manager, response_length=4096), task=fixture["task"])
