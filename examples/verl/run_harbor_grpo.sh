@@ -65,7 +65,7 @@ OVERRIDES=(
 # node: it writes the datasets there, then starts verl's trainer with harbor_ray's config directory.
 # HARBOR_RAY_TASK_ROOT makes every agent-loop worker read the tasks from its own copy of the working directory.
 ray job submit --address="$RAY_ADDRESS" --working-dir=. \
-  --runtime-env-json="{\"env_vars\": {\"HARBOR_RAY_TASK_ROOT\": \"$TASKS\", \"RAY_USAGE_STATS_ENABLED\": \"0\", \"VERL_USE_EXTERNAL_MODULES\": \"harbor_ray.verl.advantage\"}}" \
+  --runtime-env-json="{\"env_vars\": {\"HARBOR_RAY_TASK_ROOT\": \"$TASKS\", \"RAY_USAGE_STATS_ENABLED\": \"0\", \"VERL_USE_EXTERNAL_MODULES\": \"harbor_ray.verl.advantage,harbor_ray.verl.trainer\"}}" \
   -- bash -c "python -m harbor_ray verl-dataset tasks=$TASKS out=data/harbor/train.parquet \
     && python -m harbor_ray verl-dataset tasks=$TASKS out=data/harbor/val.parquet split=val \
     && python -m verl.trainer.main_ppo --config-path=\$PWD/conf/verl --config-name=harbor_ppo $(printf '%q ' "${OVERRIDES[@]}")"

@@ -42,6 +42,8 @@ class PoolTransport(Protocol):
 
     async def prewarm(self, spec: SandboxSpec, n: int, wait: bool) -> int: ...
 
+    async def start(self) -> None: ...
+
     async def stats(self) -> dict[str, Any]: ...
 
     def stats_sync(self) -> dict[str, Any]: ...
@@ -193,6 +195,11 @@ class SandboxPool:
     async def prewarm(self, spec: SandboxSpec, n: int, *, wait: bool = False) -> int:
         """Start `n` sandboxes for upcoming leases of `spec`; with `wait`, until they are warm. Returns warm count."""
         return await self._transport.prewarm(spec, n, wait)
+
+    async def start(self) -> None:
+        """Start the pool now (hosts found, `pool.prestart_actors` idle actor processes starting) rather than on
+        the first lease: e.g. while a trainer loads its model. Returns once the pool runs, not the actors."""
+        await self._transport.start()
 
     # -- reporting and ending ------------------------------------------------------------------------
 

@@ -50,6 +50,9 @@ class LocalPool:
     async def prewarm(self, spec: SandboxSpec, n: int, wait: bool) -> int:
         return await self.core.prewarm(spec, n, wait=wait)
 
+    async def start(self) -> None:
+        await self.core.ensure_started()
+
     async def stats(self) -> dict[str, Any]:
         return self.core.stats()
 
@@ -182,6 +185,10 @@ class RemotePool:
     async def prewarm(self, spec: SandboxSpec, n: int, wait: bool) -> int:
         actor = await self._ready()
         return int(await call(actor.prewarm.remote(spec, n, wait), self.config.name))
+
+    async def start(self) -> None:
+        actor = await self._ready()
+        await call(actor.start.remote(), self.config.name)
 
     async def stats(self) -> dict[str, Any]:
         actor = await self._ready()

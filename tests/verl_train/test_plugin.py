@@ -48,10 +48,13 @@ def test_verl_loads_the_plugin_and_picks_the_cpu_platform_in_a_fresh_process() -
         "from verl.workers.rollout.base import get_rollout_class\n"
         "from verl.workers.rollout.replica import get_rollout_replica_class\n"
         "from verl.workers import engine_workers\n"
+        "from verl.trainer.ppo.v1 import get_trainer_cls\n"
+        "from verl.trainer.ppo.core_algos import get_adv_estimator_fn\n"
         "print(get_device_name(), get_nccl_backend(), get_device_id(), get_resource_name(),\n"
         "      EngineRegistry.get_engine_cls('language_model', 'fsdp2').__name__,\n"
         "      get_rollout_class('hf').__name__, get_rollout_replica_class('hf').__name__,\n"
-        "      getattr(engine_workers.initialize_global_process_group_ray, '__harbor_ray__', False))"
+        "      getattr(engine_workers.initialize_global_process_group_ray, '__harbor_ray__', False),\n"
+        "      get_trainer_cls('harbor').__name__, get_adv_estimator_fn('harbor_grpo').__name__)"
     )
     assert out.split() == [
         "cpu",
@@ -62,6 +65,8 @@ def test_verl_loads_the_plugin_and_picks_the_cpu_platform_in_a_fresh_process() -
         "HFServerAdapter",
         "HFReplica",
         "True",
+        "HarborSyncTrainer",  # harbor_ppo.yaml's trainer mode and estimator, registered by the same environment
+        "compute_harbor_grpo_advantage",
     ]
 
 

@@ -121,3 +121,12 @@ def test_a_step_with_every_sample_masked_trains_nothing(smoke: SmokeResult) -> N
     assert grad_norm == 0 or not math.isfinite(grad_norm)
     assert step3["actor/pg_loss"] is None or not math.isfinite(step3["actor/pg_loss"])
     assert "masked 8" in smoke.stdout  # the smoke command says so
+
+
+def test_the_sandbox_pool_starts_while_the_model_loads(smoke: SmokeResult) -> None:
+    """Trainer mode harbor (harbor_ppo.yaml's, under the recording mode) starts the loops' pool before verl's
+    init: its idle actor processes are up when the model is loaded, and step 1's leases take them."""
+    step1 = smoke.metrics[1]
+    assert step1["harbor/pool/idle_actors_after_init"] >= 1
+    assert step1["harbor/pool/actors_prestarted"] >= 1
+    assert step1["harbor/pool/leases"] >= 8  # the pool's own count, in verl's metrics

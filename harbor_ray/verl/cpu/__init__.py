@@ -9,7 +9,7 @@ which registers, idempotently (importing this package itself registers nothing):
 - the async rollout `hf` (`rollout.name=hf`): a transformers model behind verl's replica/server interface,
   receiving the trainer's weights through verl's own weight sync (`rollout.py`).
 
-`env()` gives the environment variables (with harbor_ray.verl.advantage, the shipped estimator's module);
+`env()` gives the environment variables (with the modules of the shipped estimator and trainer mode);
 conf/verl/platform/cpu.yaml is the config overlay. Every verl internal this
 touches is listed in docs/verl.md ("Training on CPU") and pinned by tests/verl_train/test_plugin.py.
 """
@@ -21,7 +21,8 @@ import logging
 logger = logging.getLogger(__name__)
 
 MODULE = "harbor_ray.verl.cpu.plugin"  # imported by verl in every process; registers on import
-ESTIMATOR_MODULE = "harbor_ray.verl.advantage"  # harbor_grpo, harbor_ppo.yaml's advantage estimator
+# harbor_ppo.yaml's advantage estimator (harbor_grpo) and trainer mode (harbor): registered on import
+SHIPPED_MODULES = "harbor_ray.verl.advantage,harbor_ray.verl.trainer"
 PLATFORM_NAME = "harbor_cpu"  # VERL_PLATFORM
 ROLLOUT_NAME = "hf"  # actor_rollout_ref.rollout.name
 RECORD_MODE = "harbor_record"  # trainer.v1.trainer_mode of record.py's trainer
@@ -30,5 +31,6 @@ HF_RECORD_ENV = "HARBOR_RAY_HF_RECORD"  # rollout.py: a JSONL file of the server
 
 
 def env() -> dict[str, str]:
-    """The environment that makes verl load this plugin and pick its platform in every process."""
-    return {"VERL_USE_EXTERNAL_MODULES": f"{ESTIMATOR_MODULE},{MODULE}", "VERL_PLATFORM": PLATFORM_NAME}
+    """The environment that makes verl load this plugin and pick its platform in every process (the plugin first:
+    it registers the platform before the other modules import verl's trainer, whose engines resolve it)."""
+    return {"VERL_USE_EXTERNAL_MODULES": f"{MODULE},{SHIPPED_MODULES}", "VERL_PLATFORM": PLATFORM_NAME}

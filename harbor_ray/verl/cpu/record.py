@@ -1,6 +1,6 @@
 """verl's sync trainer, writing down each step's trained batch as verl holds it (for the CPU smoke run's checks).
 
-`trainer.v1.trainer_mode=harbor_record` selects `RecordingSyncTrainer`, verl's own `PPOTrainerSync` (registered
+`trainer.v1.trainer_mode=harbor_record` selects `RecordingSyncTrainer`, harbor_ray's trainer mode `harbor` (registered
 through verl's `register_trainer`) that, just before `update_actor`, reads the batch back from verl's
 TransferQueue (the very tensors the actor is about to train on: prompts, responses, response_mask, rewards,
 rollout and old log-probs, advantages) and appends one JSON line per sample to `$HARBOR_RAY_BATCH_RECORD`.
@@ -16,9 +16,9 @@ from typing import Any
 
 import transfer_queue as tq
 from verl.trainer.ppo.v1.trainer_base import register_trainer
-from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from harbor_ray.verl.cpu import BATCH_RECORD_ENV, RECORD_MODE
+from harbor_ray.verl.trainer import HarborSyncTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ def _rows(value: Any, count: int) -> list[Any]:
 
 
 @register_trainer(MODE)
-class RecordingSyncTrainer(PPOTrainerSync):
-    """`PPOTrainerSync` + one JSON line per trained sample (see the module docstring)."""
+class RecordingSyncTrainer(HarborSyncTrainer):
+    """`HarborSyncTrainer` (trainer mode `harbor`) + one JSON line per trained sample (see the module docstring)."""
 
     def _update_actor(self, batch: Any, metrics: dict) -> Any:
         path = os.environ.get(ENV)
