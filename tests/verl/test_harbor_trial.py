@@ -86,6 +86,19 @@ def _batch(worker: Any, tmp_path: Path, names: list[str]) -> Any:
     return batch
 
 
+def _worker(tiny_model: Path, loops: Path, manager: Any, *extra: str) -> Any:
+    """verl's real AgentLoopWorker over the scripted server manager, with the agent loops of `loops`."""
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+
+    overrides = [
+        f"actor_rollout_ref.model.path={tiny_model}",
+        "actor_rollout_ref.rollout.name=vllm",
+        *extra,
+        f"actor_rollout_ref.rollout.agent.agent_loop_config_path={loops}",
+    ]
+    return AgentLoopWorker(compose_verl(overrides), manager, None, [])
+
+
 def _sample(out: Any, i: int) -> dict[str, Any]:
     prompt_len = out.batch["prompts"].shape[1]
     n = int(out.batch["attention_mask"][i, prompt_len:].sum())
@@ -102,23 +115,13 @@ def _sample(out: Any, i: int) -> dict[str, Any]:
 async def test_harbor_trials_through_the_gateway(
     tiny_model, tmp_path, harbor_overrides, run_label, docker_client, other_host_server
 ):
-    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
     from verl.utils import hf_tokenizer
 
     tokenizer = hf_tokenizer(str(tiny_model))
     scripts = {"keystrokes": [TERMINUS_OK, TERMINUS_WRONG], "hello.txt": [INBOX_OK, INBOX_KILLED, INBOX_SLOW]}
     manager = ScriptedServerManager(tokenizer, scripts)
     loops = _loops(tmp_path, harbor_overrides, other_host_server)
-    config = compose_verl(
-        [
-            f"actor_rollout_ref.model.path={tiny_model}",
-            "actor_rollout_ref.rollout.name=vllm",
-            "data.max_prompt_length=8192",
-            "data.max_response_length=8192",
-            f"actor_rollout_ref.rollout.agent.agent_loop_config_path={loops}",
-        ]
-    )
-    worker = AgentLoopWorker(config, manager, None, [])
+    worker = _worker(tiny_model, loops, manager, "data.max_prompt_length=8192", "data.max_response_length=8192")
     names = ["harbor_trial", "harbor_trial", "gateway_agent", "gateway_agent", "gateway_agent"]
 
     out = await worker.generate_sequences(_batch(worker, tmp_path, names))
@@ -169,7 +172,6 @@ async def test_harbor_trials_through_the_gateway(
 
 
 async def test_cancelled_trial_releases_its_sandbox(tiny_model, tmp_path, harbor_overrides, run_label, docker_client):
-    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
     from verl.utils import hf_tokenizer
 
     from harbor_ray.verl.sandboxes import harbor_config, pool_for
@@ -182,14 +184,7 @@ async def test_cancelled_trial_releases_its_sandbox(tiny_model, tmp_path, harbor
 
     manager = ScriptedServerManager(hf_tokenizer(str(tiny_model)), {"hello.txt": [INBOX_OK]}, hang_on_first_turn)
     loops = _loops(tmp_path, harbor_overrides, probe="")
-    config = compose_verl(
-        [
-            f"actor_rollout_ref.model.path={tiny_model}",
-            "actor_rollout_ref.rollout.name=vllm",
-            f"actor_rollout_ref.rollout.agent.agent_loop_config_path={loops}",
-        ]
-    )
-    worker = AgentLoopWorker(config, manager, None, [])
+    worker = _worker(tiny_model, loops, manager)
     task = asyncio.ensure_future(worker.generate_sequences(_batch(worker, tmp_path, ["gateway_agent"])))
     await asyncio.wait_for(reached.wait(), 120)
     running = docker_client.containers.list(filters={"label": f"harbor-run={run_label}"})
@@ -213,7 +208,6 @@ async def test_tail_kill_ends_the_straggler_masked_and_releases_its_sandbox(
 ):
     # Half the batch done, then a 1 s grace: the sample still sleeping is tail_killed (masked), the other kept.
     from omegaconf import OmegaConf
-    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
     from verl.utils import hf_tokenizer
 
     tokenizer = hf_tokenizer(str(tiny_model))
@@ -223,14 +217,7 @@ async def test_tail_kill_ends_the_straggler_masked_and_releases_its_sandbox(
     entries = OmegaConf.load(loops)
     entries[1].timeouts = {"agent_timeout_s": 300}  # only the tail kill can end the sleeper in time
     OmegaConf.save(entries, loops)
-    config = compose_verl(
-        [
-            f"actor_rollout_ref.model.path={tiny_model}",
-            "actor_rollout_ref.rollout.name=vllm",
-            f"actor_rollout_ref.rollout.agent.agent_loop_config_path={loops}",
-        ]
-    )
-    worker = AgentLoopWorker(config, manager, None, [])
+    worker = _worker(tiny_model, loops, manager)
 
     out = await worker.generate_sequences(_batch(worker, tmp_path, ["gateway_agent", "gateway_agent"]))
 

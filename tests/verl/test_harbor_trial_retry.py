@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 from omegaconf import OmegaConf
-from test_harbor_trial import INBOX_OK, _batch, _loops, _sample
-from verl_harness import ScriptedServerManager, compose_verl
+from test_harbor_trial import INBOX_OK, _batch, _loops, _sample, _worker
+from verl_harness import ScriptedServerManager
 
 pytestmark = [pytest.mark.verl, pytest.mark.gateway, pytest.mark.harbor, pytest.mark.ray, pytest.mark.docker]
 
@@ -21,7 +21,6 @@ pytestmark = [pytest.mark.verl, pytest.mark.gateway, pytest.mark.harbor, pytest.
 async def test_sandbox_lost_before_the_first_token_is_retried_on_a_fresh_sandbox(
     tiny_model, tmp_path, harbor_overrides, run_label, docker_client
 ):
-    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
     from verl.utils import hf_tokenizer
 
     tokenizer = hf_tokenizer(str(tiny_model))
@@ -31,14 +30,7 @@ async def test_sandbox_lost_before_the_first_token_is_retried_on_a_fresh_sandbox
     marker = tmp_path / "killed-once"
     entries[1].agent.kwargs.kill_first = str(marker)
     OmegaConf.save(entries, loops)
-    config = compose_verl(
-        [
-            f"actor_rollout_ref.model.path={tiny_model}",
-            "actor_rollout_ref.rollout.name=vllm",
-            f"actor_rollout_ref.rollout.agent.agent_loop_config_path={loops}",
-        ]
-    )
-    worker = AgentLoopWorker(config, manager, None, [])
+    worker = _worker(tiny_model, loops, manager)
 
     out = await worker.generate_sequences(_batch(worker, tmp_path, ["gateway_agent"]))
 
