@@ -8,6 +8,7 @@ ensure_venv
 cd "$ROOT"
 python -m harbor_ray images
 bash scripts/k8s_harness.sh prepare >/dev/null
+bash scripts/ensure_runsc.sh  # gVisor, for the sandbox.runtime tests (tests/hosts)
 python -m ruff check harbor_ray tests bench
 python -m ruff format --check harbor_ray tests bench >/dev/null || { python -m ruff format --diff harbor_ray tests bench | head -40; exit 1; }
 python -m mypy harbor_ray

@@ -52,6 +52,8 @@ class SandboxSpec:
     # an agent runtime recipe (harbor_ray.runtimes): its tree mounted read-only at /opt/harbor-agent/<name>, its
     # launchers last on PATH; built once per host by `ensure_image`
     agent_runtime: str = ""
+    # the OCI runtime (Docker `runtime`, Kubernetes runtimeClassName), e.g. runsc; "" -> the host's default
+    runtime: str = ""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ Every error is a `ConfigError` whose one line names the key and the fix.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
@@ -42,6 +43,9 @@ class SandboxConfig:
         hide_git_history: during the agent phase the task repository's git history is one commit of its tree, the
             original .git kept on the host and restored before the verifier (a task's task.toml overrides it with
             [metadata.harbor_ray] hide_git_history); docs/config.md.
+        runtime: the OCI runtime of every sandbox, e.g. runsc (gVisor): Docker's `runtime` (registered on each
+            daemon), Kubernetes' runtimeClassName (a RuntimeClass of that name); "" -> the daemon's or node's
+            default (runc). dryrun checks it is there; docs/config.md.
     """
 
     cpus: float = 1.0
@@ -59,6 +63,7 @@ class SandboxConfig:
     read_only_root: bool = False
     no_new_privileges: bool = True
     hide_git_history: bool = False
+    runtime: str = ""
 
 
 @dataclass
@@ -271,6 +276,29 @@ def check_pool_config(cfg: PoolConfig) -> None:
     require({f"pool.{k}": getattr(cfg, k) for k in _POOL_NOT_NEGATIVE}, at_least=0, strictly=False)
 
 
+# A Docker runtime name and a RuntimeClass name (a DNS subdomain) both fit this.
+_RUNTIME_NAME = re.compile(r"[a-z0-9]([a-z0-9._-]{0,251}[a-z0-9])?")
+
+
+def check_sandbox_runtime(cfg: Config) -> None:
+    """`sandbox.runtime` is a name Docker and Kubernetes both take, and does not contradict the Kubernetes
+    backend's own `backend.runtime_class_name` (the older key for the same field)."""
+    name = cfg.sandbox.runtime
+    if name and not _RUNTIME_NAME.fullmatch(name):
+        msg = (
+            f"sandbox.runtime={name!r}: not a runtime name (lowercase letters, digits, '.', '_', '-'); "
+            "use e.g. runsc, or '' for the default"
+        )
+        raise ConfigError(msg)
+    other = getattr(cfg.backend, "runtime_class_name", "")
+    if name and other and other != name:
+        msg = (
+            f"sandbox.runtime={name} and backend.runtime_class_name={other} disagree; "
+            "set only sandbox.runtime (backend.runtime_class_name='')"
+        )
+        raise ConfigError(msg)
+
+
 def validate(cfg: Config) -> None:
     check_prefix(cfg.run_label, "run_label")
     require(
@@ -318,6 +346,7 @@ def validate(cfg: Config) -> None:
         msg = f"tail_kill_target={cfg.tail_kill_target}: a fraction of the batch, at most 1 (1.0 = never tail kill)"
         raise ConfigError(msg)
     check_pool_config(cfg.pool)
+    check_sandbox_runtime(cfg)
     if cfg.agent.runtime:
         recipe(cfg.agent.runtime)  # ConfigError naming the shipped recipes
         if cfg.backend.kind not in ("docker", "docker_remote"):

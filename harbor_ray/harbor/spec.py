@@ -89,6 +89,7 @@ def sandbox_spec(
         gateway=gateway or s.gateway or None,
         egress=tuple(egress),
         agent_runtime=cfg.agent.runtime if agent_runtime is None else agent_runtime,
+        runtime=s.runtime,
     )
 
 

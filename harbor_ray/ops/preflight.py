@@ -3,7 +3,8 @@
 A run that cannot work fails here, in a second or two, with one line (exit 2 through the CLI), instead of
 after Ray started with a traceback per sandbox actor: no task given, a task.toml Harbor cannot read, a
 backend that does not answer (a missing socket, a closed port, bad TLS files, a missing, malformed or
-unreachable kubeconfig). The backend is asked once, without retries, with a short timeout. Settings dryrun
+unreachable kubeconfig), a `sandbox.runtime` the daemons or the cluster do not have (ops.sandbox_runtime).
+The backend is asked once, without retries, with a short timeout. Settings dryrun
 warns about (risky capabilities, network for every sandbox) are warned about here too, and one INFO line
 says which Docker daemon is used (backend.host, DOCKER_HOST or the default socket).
 
@@ -33,6 +34,7 @@ from harbor_ray.harbor.spec import discover_tasks
 from harbor_ray.ops.args import add_config_args
 from harbor_ray.ops.dryrun.docker import RISKY_CAPS
 from harbor_ray.ops.ray_output import quiet_worker_start_warnings
+from harbor_ray.ops.sandbox_runtime import check_runtime
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +122,7 @@ def preflight(cfg: Config, *, strict: bool = False) -> list[Path]:
     warn_invalid_tasks(cfg, tasks, strict=strict)
     check_environment(cfg)
     log.info("backend: %s", check_backend(cfg))
+    log.info("sandbox runtime: %s", check_runtime(cfg))  # a daemon without it: ConfigError before any sandbox
     return tasks
 
 

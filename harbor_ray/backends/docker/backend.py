@@ -208,6 +208,8 @@ class DockerBackend:
             kwargs["volumes"], kwargs["environment"]["PATH"] = R.mount(spec.agent_runtime, self.client, image)
         if spec.workdir:  # else the image's WORKDIR, as Harbor's Docker environment
             kwargs["working_dir"] = spec.workdir
+        if spec.runtime:  # else the daemon's default runtime (runc)
+            kwargs["runtime"] = spec.runtime
         if spec.gpus:
             kwargs["device_requests"] = [_gpu_request(spec.gpus)]
         if spec.read_only_root:
@@ -242,6 +244,8 @@ class DockerBackend:
             if isinstance(e, requests.ConnectionError):
                 raise self._unavailable(e) from e
             msg = f"container {name} from {image} did not start: {first_line(e)}"
+            if spec.runtime and "unknown runtime" in str(e).lower():  # Docker's words for an unregistered one
+                msg = f"{self.runtime_fix(spec.runtime)} (container {name}: {first_line(e)})"
             raise SandboxStartError(msg) from e
         if net is not None:
             try:
@@ -251,6 +255,21 @@ class DockerBackend:
                 self._abandon_egress(name, net)
                 raise
         return SandboxHandle("docker", container.id, name, self.endpoint.url, image, labels)
+
+    def runtimes(self) -> list[str]:
+        """The OCI runtimes registered on this daemon (`docker info`), e.g. ['runc', 'runsc']."""
+        return sorted(self.client.info().get("Runtimes") or {})
+
+    def runtime_fix(self, runtime: str) -> str:
+        """How to make `runtime` (sandbox.runtime) usable on this daemon, naming what it has."""
+        try:
+            have = ", ".join(self.runtimes()) or "none"
+        except Exception:  # the error being explained is the one to show
+            have = "?"
+        return (
+            f"sandbox.runtime={runtime}: the daemon at {self.endpoint.url} runs {have}; register {runtime} there "
+            f"(daemon.json \"runtimes\" or dockerd --add-runtime, docs/config.md) or set sandbox.runtime=''"
+        )
 
     def _abandon_egress(self, name: str, net: N.Egress | None) -> None:
         if net is not None:

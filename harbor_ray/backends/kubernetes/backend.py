@@ -204,6 +204,12 @@ class KubernetesBackend:
             msg = f"backend.namespace={self.namespace}: no such namespace at {self.host}; create it or pick another"
             raise ConfigError(msg)
         msg = f"pod {self.namespace}/{name} rejected by the API ({e.status}: {api.api_message(e)})"
+        if "RuntimeClass" in msg:  # the RuntimeClass admission plugin refuses a runtimeClassName it does not know
+            msg = (
+                f"sandbox.runtime: no such RuntimeClass at {self.host}; create it (docs/kubernetes.md) or set "
+                f"sandbox.runtime='' ({msg})"
+            )
+            raise ConfigError(msg)
         raise SandboxStartError(msg)
 
     def _wait_running(self, name: str, deadline: float) -> None:

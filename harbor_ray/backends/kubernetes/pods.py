@@ -63,8 +63,8 @@ def pod_manifest(
         pod_spec["nodeSelector"] = dict(config.node_selector)
     if config.tolerations:
         pod_spec["tolerations"] = [dict(t) for t in config.tolerations]
-    if config.runtime_class_name:
-        pod_spec["runtimeClassName"] = config.runtime_class_name
+    if spec.runtime or config.runtime_class_name:  # sandbox.runtime, or the backend's older key
+        pod_spec["runtimeClassName"] = spec.runtime or config.runtime_class_name
     if config.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": s} for s in config.image_pull_secrets]
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels}, "spec": pod_spec}

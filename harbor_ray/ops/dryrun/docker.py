@@ -215,6 +215,21 @@ def check_agent_runtime(p: DockerProbe) -> Check:
     return ok(f"{name} present ({tag}, {size:.0f} MB), mounted read-only at {R.recipe(name).mount_path}")
 
 
+def check_sandbox_runtime(p: DockerProbe) -> Check:
+    """`sandbox.runtime` registered on the backend's daemon and on every `pool.hosts` url (`docker info`)."""
+    from harbor_ray.ops.sandbox_runtime import DEFAULT, docker_answers
+
+    if not p.cfg.sandbox.runtime:
+        default = p.backend.client.info().get("DefaultRuntime", "runc")
+        return ok(f"{DEFAULT}: {default} at {p.backend.endpoint.url}")
+    answers = docker_answers(p.cfg)
+    missing = [a for a in answers if not a.ok]
+    if missing:
+        others = f" ({len(missing) - 1} more daemons too)" if len(missing) > 1 else ""
+        return fail(missing[0].detail + others)
+    return ok("; ".join(a.detail for a in answers))
+
+
 def _probe_image(p: DockerProbe) -> str | None:
     import docker
 
@@ -246,6 +261,7 @@ def check_probe(p: DockerProbe) -> Check:
         read_only_root=s.read_only_root,
         no_new_privileges=s.no_new_privileges,
         labels=((L.KIND, "probe"),),
+        runtime=s.runtime,  # the probe runs where a sandbox would: under that runtime
     )
     started = time.monotonic()
     handle = None
@@ -302,7 +318,7 @@ def check_hardening(p: DockerProbe) -> Check:
         f"pids_limit={hc.get('PidsLimit', s.pids_limit)}, memory={hc.get('Memory', s.memory_mb << 20) >> 20}m, "
         f"cpus={s.cpus:g}, read_only_root={hc.get('ReadonlyRootfs', s.read_only_root)}, "
         f"network={hc.get('NetworkMode', 'none' if not s.network else 'bridge')} unless a task allows it, "
-        f"ttl={s.ttl_s}s"
+        f"runtime={hc.get('Runtime') or 'runc'}, ttl={s.ttl_s}s"
     )
     detail = f"{effective}; overrides: {', '.join(overrides) if overrides else 'none'}"
     risky = []
@@ -329,7 +345,8 @@ DOCKER_CHECKS: tuple[CheckSpec, ...] = (
     ("API version", check_api_version, ("daemon ping",)),
     ("base image", check_base_image, ("daemon ping",)),
     ("agent runtime", check_agent_runtime, ("daemon ping",)),
-    ("probe container", check_probe, ("daemon ping",)),
+    ("sandbox runtime", check_sandbox_runtime, ("daemon ping",)),
+    ("probe container", check_probe, ("daemon ping", "sandbox runtime")),
     ("free slots", check_slots, ("daemon ping",)),
     ("hardening", check_hardening, ("probe container",)),  # what a real sandbox got, never guessed
 )

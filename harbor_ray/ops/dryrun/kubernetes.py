@@ -52,10 +52,15 @@ class K8sCheck(NamedTuple):
 
 
 def k8s_checks(
-    config: K8sBackendConfig, *, probe_image: str | None = None, pids_limit: int | None = None
+    config: K8sBackendConfig,
+    *,
+    probe_image: str | None = None,
+    pids_limit: int | None = None,
+    runtime: str = "",
 ) -> list[K8sCheck]:
     """Preflight for the Kubernetes backend. With probe_image, also start a labeled throwaway pod; with
-    pids_limit (the sandbox's), also say what bounds a pod's processes on the nodes pods can land on."""
+    pids_limit (the sandbox's), also say what bounds a pod's processes on the nodes pods can land on; with
+    runtime (sandbox.runtime), also check its RuntimeClass exists (and run the probe pod under it)."""
     where = "in-cluster config" if config.in_cluster else f"kubeconfig {config.kubeconfig or '(default)'}"
     try:
         backend = cast("KubernetesBackend", make_backend(config))
@@ -75,8 +80,15 @@ def k8s_checks(
     permitted = lines[-1].ok
     if pids_limit is not None:
         lines.append(_check_pids_limit(backend, pids_limit))
+    if runtime:
+        from harbor_ray.ops.sandbox_runtime import runtime_class
+
+        found = runtime_class(backend, runtime)
+        lines.append(K8sCheck("k8s runtime class", found.ok, found.detail))
+        if not found.ok:
+            return lines  # the probe pod would be refused for the same reason
     if probe_image and permitted:
-        lines.append(_check_probe(backend, probe_image))
+        lines.append(_check_probe(backend, probe_image, runtime))
     return lines
 
 
@@ -164,8 +176,8 @@ def _check_pids_limit(backend: KubernetesBackend, pids_limit: int) -> K8sCheck:
 _PIDS_NODES = 8  # nodes asked for their kubelet config (a big pool's nodes share one config)
 
 
-def _check_probe(backend: KubernetesBackend, image: str) -> K8sCheck:
-    spec = SandboxSpec(run_label="harbor-ray-probe", image=image, cpus=0.1, memory_mb=64, ttl_s=120)
+def _check_probe(backend: KubernetesBackend, image: str, runtime: str = "") -> K8sCheck:
+    spec = SandboxSpec(run_label="harbor-ray-probe", image=image, cpus=0.1, memory_mb=64, ttl_s=120, runtime=runtime)
     started = time.monotonic()
     try:
         handle = backend.create(spec, backend.ensure_image(spec))
@@ -185,6 +197,11 @@ def _check_probe(backend: KubernetesBackend, image: str) -> K8sCheck:
 def checks(cfg: Config, *, pod: bool) -> list[Check]:
     """`k8s_checks` as report lines; with `pod`, also start, exec in and delete a throwaway pod."""
     assert isinstance(cfg.backend, K8sBackendConfig)
-    found = k8s_checks(cfg.backend, probe_image=BUSYBOX_IMAGE if pod else None, pids_limit=cfg.sandbox.pids_limit)
+    found = k8s_checks(
+        cfg.backend,
+        probe_image=BUSYBOX_IMAGE if pod else None,
+        pids_limit=cfg.sandbox.pids_limit,
+        runtime=cfg.sandbox.runtime or cfg.backend.runtime_class_name,
+    )
     status = {True: "pass", False: "fail"}
     return [Check("warn" if c.warning else status[c.ok], c.detail, c.fix, c.name) for c in found]
