@@ -23,6 +23,7 @@ DOCKER_LINES = [
     "API version",
     "base image",
     "agent runtime",
+    "sandbox runtime",
     "probe container",
     "free slots",
     "hardening",
