@@ -40,7 +40,8 @@ def cli(command: str, run_label: str, *args: str) -> subprocess.CompletedProcess
 def test_the_container_runs_under_the_named_runtime(run_label: str, docker_client) -> None:
     backend = DockerBackend()
     assert "runc" in backend.runtimes()
-    handle = backend.create(SandboxSpec(run_label=run_label, image=BUSYBOX_IMAGE, ttl_s=60, runtime="runc"), BUSYBOX_IMAGE)
+    spec = SandboxSpec(run_label=run_label, image=BUSYBOX_IMAGE, ttl_s=60, runtime="runc")
+    handle = backend.create(spec, BUSYBOX_IMAGE)
     try:
         assert docker_client.api.inspect_container(handle.id)["HostConfig"]["Runtime"] == "runc"
     finally:

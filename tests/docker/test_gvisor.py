@@ -1,0 +1,118 @@
+"""A trial under gVisor: `sandbox.runtime=runsc` on a Docker daemon that registers Debian's runsc.
+
+The daemon is one of the tests' own (support.gvisor; the machine's daemon is shared and never reconfigured). The
+sandbox's kernel says which runtime it runs on: gVisor's dmesg starts with "Starting gVisor" and its uname is
+4.4.0, while a default (runc) sandbox on the same daemon sees this machine's kernel and cannot read its log.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.gvisor import GVISOR_BANNER, GVISOR_UNAME, GvisorDockerd
+
+from harbor_ray.backends.base import SandboxSpec
+from harbor_ray.backends.docker.backend import DockerBackend
+from harbor_ray.backends.docker.config import DockerBackendConfig
+from harbor_ray.backends.images import BASE_IMAGE, BUSYBOX_IMAGE
+from harbor_ray.config import load_config
+from harbor_ray.harbor.runner import run_trials
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+TASK = Path(__file__).parent / "tasks" / "kernel-report"
+
+
+@pytest.fixture(scope="module")
+def gvisor_daemon() -> Iterator[GvisorDockerd]:
+    daemon = GvisorDockerd()
+    try:
+        daemon.start([BASE_IMAGE, BUSYBOX_IMAGE])
+        yield daemon
+    finally:
+        daemon.remove()
+    assert not daemon.root.exists(), f"{daemon.root} left behind"
+
+
+def ours(daemon: GvisorDockerd, run_label: str) -> list[str]:
+    return [c.name for c in daemon.client().containers.list(all=True, filters={"label": f"harbor-run={run_label}"})]
+
+
+def test_the_sandbox_sees_gvisors_kernel(gvisor_daemon: GvisorDockerd, run_label: str, tmp_path: Path) -> None:
+    backend = DockerBackend(DockerBackendConfig(host=gvisor_daemon.url))
+    assert "runsc" in backend.runtimes()
+    seen = {}
+    for runtime in ("runsc", ""):
+        spec = SandboxSpec(run_label=run_label, image=BUSYBOX_IMAGE, memory_mb=256, ttl_s=120, runtime=runtime)
+        handle = backend.create(spec, BUSYBOX_IMAGE)
+        try:
+            inspected = backend.client.api.inspect_container(handle.id)["HostConfig"]
+            assert inspected["Runtime"] == (runtime or "runc")
+            dmesg = backend.exec(handle, "dmesg 2>&1 | head -3")
+            seen[runtime or "runc"] = (backend.exec(handle, ["uname", "-r"]).stdout.strip(), dmesg.stdout)
+            # uploads and downloads go through the daemon, outside gVisor: both ways are seen
+            (tmp_path / "up.txt").write_text("from outside\n")
+            backend.upload(handle, str(tmp_path / "up.txt"), "/work/up.txt")
+            assert backend.exec(handle, ["cat", "/work/up.txt"]).stdout == "from outside\n"
+            backend.exec(handle, "echo from inside > /work/down.txt")
+            backend.download(handle, "/work/down.txt", str(tmp_path / "down.txt"))
+            assert (tmp_path / "down.txt").read_text() == "from inside\n"
+        finally:
+            backend.destroy(handle)
+    assert seen["runsc"][0] == GVISOR_UNAME
+    assert GVISOR_BANNER in seen["runsc"][1]
+    assert seen["runc"][0] == os.uname().release
+    assert GVISOR_BANNER not in seen["runc"][1]
+    assert ours(gvisor_daemon, run_label) == []
+
+
+@pytest.mark.harbor
+@pytest.mark.ray
+async def test_a_harbor_trial_runs_under_gvisor(
+    gvisor_daemon: GvisorDockerd, ray_local, run_label: str, tmp_path: Path
+) -> None:
+    kernels = {}
+    for runtime in ("runsc", ""):
+        cfg = load_config(
+            [
+                f"run_label={run_label}",
+                f"jobs_dir={tmp_path}",
+                f"job_name=job-{runtime or 'default'}",
+                f"pool.name=gv-{run_label}-{runtime or 'default'}",
+                f"tasks=[{TASK}]",
+                "agent=oracle",
+                f"backend.host={gvisor_daemon.url}",
+                f"sandbox.runtime={runtime}",
+            ]
+        )
+        [record] = await run_trials(cfg)
+        assert record.error is None, record.error_message
+        assert record.reward == 1.0
+        verifier = Path(str(record.trial_dir)) / "verifier"
+        uname, dmesg = (verifier / "uname.txt").read_text().strip(), (verifier / "dmesg.txt").read_text()
+        kernels[runtime or "runc"] = (uname, dmesg)
+    assert kernels["runsc"][0] == GVISOR_UNAME
+    assert kernels["runsc"][1].startswith(f"[    0.000000] {GVISOR_BANNER}")
+    assert kernels["runc"][0] == os.uname().release
+    assert GVISOR_BANNER not in kernels["runc"][1]
+    assert ours(gvisor_daemon, run_label) == []
+
+
+def test_dryrun_checks_and_probes_under_the_runtime(gvisor_daemon: GvisorDockerd, run_label: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "DOCKER_HOST")}
+    done = subprocess.run(
+        [sys.executable, "-m", "harbor_ray", "dryrun", f"run_label={run_label}", f"backend.host={gvisor_daemon.url}",
+         "sandbox.runtime=runsc", "backend.slots=1000", "sandbox.memory_mb=1024"],
+        cwd=ROOT, env=env | {"PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    out = done.stdout
+    assert f"✓ sandbox runtime: runsc registered at {gvisor_daemon.url} (" in out, out + done.stderr
+    assert "✓ probe container: created, exec'd and removed" in out, out
+    assert "runtime=runsc" in out  # the hardening line reads the probe's HostConfig
+    assert ours(gvisor_daemon, run_label) == []
