@@ -22,6 +22,7 @@ COMMANDS = {
     "clean": ("harbor_ray.ops.clean", "delete our labeled containers/pods/images for a run prefix"),
     "images": ("harbor_ray.ops.images", "base images (offline); `images build tasks=…` prebuilds task images"),
     "config": ("harbor_ray.ops.show", "print the composed config, or every key with its doc (--keys)"),
+    "metrics": ("harbor_ray.ops.metrics", "the pool's Ray metrics, scraped from every Ray node's Prometheus endpoint"),
     "verl-dataset": ("harbor_ray.verl.dataset", "write a verl RLHFDataset parquet from Harbor tasks"),
     "train-smoke": ("harbor_ray.ops.train_smoke", "a few GRPO steps of verl's own trainer on CPU (tiny model)"),
 }

@@ -79,7 +79,7 @@ class Starter:
             self._failed(host, key, e, build, idle_actor=None if consumed else actor)
             raise
         host.circuit.success()
-        self.core.metrics.started(time.monotonic() - began)
+        self.core.metrics.started(time.monotonic() - began, host.name)
         if build is not None:
             self._images[build[0]] = sandbox.handle.image
             self._building.pop(build[0], None)
@@ -124,7 +124,7 @@ class Starter:
         if isinstance(e, SandboxGone):
             self.core.refresh_soon()  # an actor died while starting: maybe its node left
         if isinstance(e, Exception):
-            self.core.metrics.failure(e)
+            self.core.metrics.failure(e, host.name)
             if isinstance(e, ImageBuildError) or idle_actor is not None:
                 host.circuit.trial_in_flight = False
             else:

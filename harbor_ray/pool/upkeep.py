@@ -95,6 +95,11 @@ class Upkeep:
             idle_actors=sum(len(h.idle) for h in core.hosts.values()),
             starting=sum(core.warm.starting.values()) + self.idle_starting,
         )
+        for host in core.hosts.values():
+            available = host.alive and host.circuit.state != "open"
+            core.metrics.host(
+                host.name, slots=host.slots, used=host.used, idle_actors=len(host.idle), available=available
+            )
 
     def refresh_soon(self) -> None:
         """Read the node table on the next tick (an actor just died: its node may be gone)."""
@@ -119,7 +124,7 @@ class Upkeep:
         )
         for (host, actor), result in zip(idle, results, strict=True):
             if isinstance(result, BaseException) and core.drop_idle(host, actor):
-                core.metrics.failure("IdleActorLost")
+                core.metrics.failure("IdleActorLost", host.name)
         core.wake()
 
     # -- idle actors ---------------------------------------------------------------------------------
@@ -147,7 +152,7 @@ class Upkeep:
             if not isinstance(e, Exception):
                 raise
             host.circuit.failure(e)
-            core.metrics.failure(e)
+            core.metrics.failure(e, host.name)
             log.info("idle actor on %s did not come up: %s", host.name, e)
         else:
             if core.keep_idle(host, actor):

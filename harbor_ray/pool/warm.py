@@ -154,7 +154,7 @@ class WarmSet:
 
     def _replace(self, entry: Entry) -> None:
         self.metrics.count("replaced")
-        self.metrics.failure("UnhealthyWarmSandbox")
+        self.metrics.failure("UnhealthyWarmSandbox", entry.host.name)
         log.info("warm sandbox %s failed its health check; replacing it", entry.sandbox.handle.name)
         self._drop(entry, recycle=False)  # its actor may be what failed
 
