@@ -153,10 +153,15 @@ class KubernetesBackend:
             if L.SANDBOX in labels:  # "gateway only": the policy first, so it holds from the pod's start
                 self._create_policy(NP.policy_manifest(name, labels, allowed))
             try:
+                runtime = body["spec"].get("runtimeClassName", "")
                 try:
                     self.call(self._core.create_namespaced_pod, self.namespace, body)
                 except ApiException as e:
-                    self._create_failed(name, labels, e)
+                    self._create_failed(name, labels, e, runtime)
+                except BackendUnavailable as e:  # a 403: RBAC, or the RuntimeClass admission plugin's refusal
+                    if runtime and isinstance(e.__cause__, ApiException) and "RuntimeClass" in str(e):
+                        self._create_failed(name, labels, e.__cause__, runtime)
+                    raise
                 try:
                     self._wait_running(name, time.monotonic() + self.config.start_timeout_s)
                 except BaseException:
@@ -194,7 +199,7 @@ class KubernetesBackend:
             if not quiet:
                 raise
 
-    def _create_failed(self, name: str, labels: dict[str, str], e: Any) -> None:
+    def _create_failed(self, name: str, labels: dict[str, str], e: Any, runtime: str = "") -> None:
         """Adopt our own pod after a retried 409; otherwise raise the right one-line error."""
         if e.status == 409:
             pod = self._read_pod(name)
@@ -204,12 +209,12 @@ class KubernetesBackend:
             msg = f"backend.namespace={self.namespace}: no such namespace at {self.host}; create it or pick another"
             raise ConfigError(msg)
         msg = f"pod {self.namespace}/{name} rejected by the API ({e.status}: {api.api_message(e)})"
-        if "RuntimeClass" in msg:  # the RuntimeClass admission plugin refuses a runtimeClassName it does not know
+        if runtime and "RuntimeClass" in msg:  # the RuntimeClass admission plugin refuses one it does not know
             msg = (
-                f"sandbox.runtime: no such RuntimeClass at {self.host}; create it (docs/kubernetes.md) or set "
-                f"sandbox.runtime='' ({msg})"
+                f"sandbox.runtime={runtime}: no RuntimeClass {runtime} at {self.host}; create one whose handler the "
+                f"nodes' container runtime knows (docs/kubernetes.md) or set sandbox.runtime='' ({msg})"
             )
-            raise ConfigError(msg)
+            raise ConfigError(msg) from e
         raise SandboxStartError(msg)
 
     def _wait_running(self, name: str, deadline: float) -> None:
