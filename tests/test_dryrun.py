@@ -62,7 +62,7 @@ def test_healthy_local_docker_passes(run_label):
     assert "overrides: sandbox.memory_mb=1024 (default 2048)" in line(done.stdout, "hardening")
     assert "cap_drop=['ALL']" in done.stdout
     assert "security_opt=['no-new-privileges']" in done.stdout
-    assert done.stdout.rstrip().splitlines()[-1].startswith("READY: 12 passed, 0 warnings, 0 failed")
+    assert done.stdout.rstrip().splitlines()[-1].startswith("READY: 13 passed, 0 warnings, 0 failed")
 
 
 @pytest.mark.docker
@@ -86,7 +86,7 @@ def test_json_is_one_object_on_stdout(run_label):
         "network=bridge",
     ):  # and in effect on the probe
         assert shown in hardening
-    assert report["counts"] == {"pass": 11, "warn": 1, "fail": 0, "skip": 0}
+    assert report["counts"] == {"pass": 12, "warn": 1, "fail": 0, "skip": 0}
 
 
 @pytest.mark.docker
