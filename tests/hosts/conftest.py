@@ -1,0 +1,58 @@
+"""The several-hosts tier: one `support.hosts.TestHosts` per session (two namespace hosts with their own
+dockerd and Ray node, and the head with the machine's daemon as host `local`), shared by every module.
+
+`hosts` (per test) puts this process's Ray driver back on the head when another tier's fixture moved it;
+`hosts_label` is a run label whose sandboxes, on any host's daemon, fail the test if left at its end.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from support.hosts import TestHosts
+
+from harbor_ray import labels as L
+
+RUNSC = shutil.which("runsc") or "/usr/bin/runsc"
+
+
+@pytest.fixture(scope="session")
+def test_hosts() -> Iterator[TestHosts]:
+    # gVisor's runsc registered on h2 when it is installed (the sandbox.runtime tests use it there)
+    runtimes = {"h2": {"runsc": RUNSC}} if shutil.which("runsc") else {}
+    with TestHosts(n=2, slots=2, local_slots=2, runtimes=runtimes) as hosts:
+        yield hosts
+
+
+@pytest.fixture
+def hosts(test_hosts: TestHosts) -> TestHosts:
+    test_hosts.connect()
+    return test_hosts
+
+
+def left_on(hosts: TestHosts, label: str) -> dict[str, list[str]]:
+    """Containers labeled harbor-run=<label> on each host's daemon (hosts whose daemon is down are skipped)."""
+    left: dict[str, list[str]] = {}
+    for host in hosts.hosts.values():
+        if host.dockerd is not None and not host.dockerd.running():
+            continue
+        found = host.client(timeout=30).containers.list(all=True, filters={"label": f"{L.RUN}={label}"})
+        names = [c.name for c in found]
+        if names:
+            left[host.name] = names
+    return left
+
+
+@pytest.fixture
+def hosts_label(hosts: TestHosts) -> Iterator[str]:
+    """A fresh harbor-run label; the test fails if a container with it is left on any host's daemon."""
+    label = f"t-{uuid.uuid4().hex[:10]}"
+    yield label
+    left = left_on(hosts, label)
+    for host in hosts.hosts.values():
+        for name in left.get(host.name, []):
+            host.client().containers.get(name).remove(force=True)
+    assert not left, f"test left containers labeled harbor-run={label}: {left}"
