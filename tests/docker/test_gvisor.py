@@ -1,8 +1,9 @@
-"""A trial under gVisor: `sandbox.runtime=runsc` on a Docker daemon that registers Debian's runsc.
+"""Sandboxes under gVisor: `sandbox.runtime=runsc` on a Docker daemon that registers Debian's runsc.
 
 The daemon is one of the tests' own (support.gvisor; the machine's daemon is shared and never reconfigured). The
 sandbox's kernel says which runtime it runs on: gVisor's dmesg starts with "Starting gVisor" and its uname is
 4.4.0, while a default (runc) sandbox on the same daemon sees this machine's kernel and cannot read its log.
+Harbor's own Trial under gVisor on a test host is tests/hosts/test_gvisor.py.
 """
 
 from __future__ import annotations
@@ -20,12 +21,9 @@ from harbor_ray.backends.base import SandboxSpec
 from harbor_ray.backends.docker.backend import DockerBackend
 from harbor_ray.backends.docker.config import DockerBackendConfig
 from harbor_ray.backends.images import BASE_IMAGE, BUSYBOX_IMAGE
-from harbor_ray.config import load_config
-from harbor_ray.harbor.runner import run_trials
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
-TASK = Path(__file__).parent / "tasks" / "kernel-report"
 
 
 @pytest.fixture(scope="module")
@@ -68,38 +66,6 @@ def test_the_sandbox_sees_gvisors_kernel(gvisor_daemon: GvisorDockerd, run_label
     assert GVISOR_BANNER in seen["runsc"][1]
     assert seen["runc"][0] == os.uname().release
     assert GVISOR_BANNER not in seen["runc"][1]
-    assert ours(gvisor_daemon, run_label) == []
-
-
-@pytest.mark.harbor
-@pytest.mark.ray
-async def test_a_harbor_trial_runs_under_gvisor(
-    gvisor_daemon: GvisorDockerd, ray_local, run_label: str, tmp_path: Path
-) -> None:
-    kernels = {}
-    for runtime in ("runsc", ""):
-        cfg = load_config(
-            [
-                f"run_label={run_label}",
-                f"jobs_dir={tmp_path}",
-                f"job_name=job-{runtime or 'default'}",
-                f"pool.name=gv-{run_label}-{runtime or 'default'}",
-                f"tasks=[{TASK}]",
-                "agent=oracle",
-                f"backend.host={gvisor_daemon.url}",
-                f"sandbox.runtime={runtime}",
-            ]
-        )
-        [record] = await run_trials(cfg)
-        assert record.error is None, record.error_message
-        assert record.reward == 1.0
-        verifier = Path(str(record.trial_dir)) / "verifier"
-        uname, dmesg = (verifier / "uname.txt").read_text().strip(), (verifier / "dmesg.txt").read_text()
-        kernels[runtime or "runc"] = (uname, dmesg)
-    assert kernels["runsc"][0] == GVISOR_UNAME
-    assert kernels["runsc"][1].startswith(f"[    0.000000] {GVISOR_BANNER}")
-    assert kernels["runc"][0] == os.uname().release
-    assert GVISOR_BANNER not in kernels["runc"][1]
     assert ours(gvisor_daemon, run_label) == []
 
 

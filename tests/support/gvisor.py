@@ -1,11 +1,12 @@
 """gVisor (Debian's `runsc`) registered on a Docker daemon of the tests' own, never on the machine's daemon.
 
-`runsc_wrapper(dir)` writes the runtime to register: runsc with the flags this machine needs (why, below). A test
-host of the multi-host harness takes it as `runtimes={"runsc": str(wrapper)}` (dockerd `--add-runtime`, which has
-no place for runtime arguments, hence a wrapper). `GvisorDockerd` is a throwaway daemon of its own for when no
-harness host is at hand: in the root network namespace with no bridge and no iptables rules (its sandboxes run
-without network, as a task's default), its data root, exec root, socket and pid file in a private directory,
-everything removed by `remove()`.
+`runsc_wrapper(dir)` writes the runtime to register: runsc with the flags this machine needs (why, below); plain
+`/usr/bin/runsc` runs no container here. A test host of the multi-host harness (support.hosts) could take it as
+`runtimes={"h2": {"runsc": str(wrapper)}}` (dockerd `--add-runtime` has no place for runtime arguments, hence a
+wrapper). `GvisorDockerd` is a daemon of the tests' own with that wrapper registered as `runsc`: in the root network
+namespace, or in a test host's (`ns`, entered with nsenter as the harness does), with no bridge and no iptables
+rules (its sandboxes run without network, as a task's default), its data root, exec root, socket and pid file in a
+private directory, everything removed by `remove()`.
 
 Why these flags, found on this machine (kernel 6.18 in a VM, cgroup v1, fuse-overlayfs; runsc 0.0~20221219):
 - `--platform=ptrace`: the kvm platform hangs here (/dev/kvm is present but nested KVM never runs the sentry).
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from support.netns import ns_argv
 from support.procs import die_with_parent, wait_ready
 
 RUNSC_FLAGS = ("--platform=ptrace", "--network=none", "--file-access=shared")
@@ -53,7 +55,8 @@ def runsc_wrapper(directory: Path) -> Path:
 class GvisorDockerd:
     """A private dockerd with runsc registered; `url` is its socket. Start with `start()`, end with `remove()`."""
 
-    def __init__(self) -> None:
+    def __init__(self, ns: str | None = None) -> None:
+        self.ns = ns
         # short: the socket path of its containerd (under exec-root) must fit a unix socket name
         self.root = Path(tempfile.mkdtemp(prefix="hr-gv-", dir="/tmp"))
         self.url = f"unix://{self.root / 'docker.sock'}"
@@ -82,9 +85,10 @@ class GvisorDockerd:
 
     def start(self, images: list[str], timeout: float = 60.0) -> None:
         """Start the daemon and `docker load` the given images from the machine's daemon (no registry)."""
+        argv = ns_argv(self.ns, self.argv) if self.ns else self.argv
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, preexec_fn=die_with_parent,
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, preexec_fn=die_with_parent,
                 start_new_session=True,
             )  # fmt: skip
         wait_ready("the gVisor test dockerd", lambda: bool(self.client(5).ping()), timeout, self.proc, self.log)
