@@ -82,3 +82,25 @@ def test_dryrun_checks_and_probes_under_the_runtime(gvisor_daemon: GvisorDockerd
     assert "✓ probe container: created, exec'd and removed" in out, out
     assert "runtime=runsc" in out  # the hardening line reads the probe's HostConfig
     assert ours(gvisor_daemon, run_label) == []
+
+
+def test_dryrun_checks_every_daemon_of_pool_hosts(gvisor_daemon: GvisorDockerd, run_label: str, tmp_path: Path) -> None:
+    config = tmp_path / "two-daemons.yaml"
+    config.write_text(
+        f"run_label: {run_label}\n"
+        f"backend: {{kind: docker, host: '{gvisor_daemon.url}', slots: 1000}}\n"
+        "sandbox: {runtime: runsc, memory_mb: 1024}\n"
+        f"pool: {{hosts: [{{name: g, url: '{gvisor_daemon.url}'}}, {{name: main, url: 'unix:///var/run/docker.sock'}}]}}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "DOCKER_HOST")}
+    done = subprocess.run(
+        [sys.executable, "-m", "harbor_ray", "dryrun", "--config", str(config)],
+        cwd=ROOT, env=env | {"PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    [line] = [x.strip() for x in done.stdout.splitlines() if x.strip()[2:].startswith("sandbox runtime: ")]
+    # the backend's daemon has it; the machine's daemon, a pool host, does not, and is named
+    assert line.startswith(
+        "✗ sandbox runtime: sandbox.runtime=runsc: the daemon at unix:///var/run/docker.sock runs "
+    ), done.stdout
