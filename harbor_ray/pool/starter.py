@@ -95,8 +95,10 @@ class Starter:
         finally:
             lost.cancel()
             if not started.done():
-                started.cancel()  # Sandbox.create then ends the actor
-                await asyncio.gather(started, return_exceptions=True)
+                # Sandbox.create then ends the actor, after its stop() waited (up to 30 s) for the start still
+                # hanging on the daemon: in the background, so the lease fails over now, not 30 s later.
+                started.cancel()
+                self.core.spawn(_settle(started))
         if started in done:
             return started.result()
         self.core.maybe_orphans = True
@@ -160,6 +162,10 @@ class Starter:
                 raise
             except Exception:
                 continue  # the builder failed for another reason: build it ourselves
+
+
+async def _settle(fut: asyncio.Future[Any]) -> None:
+    await asyncio.gather(fut, return_exceptions=True)
 
 
 def _build_key(host: Host, spec: SandboxSpec) -> tuple[str, str]:

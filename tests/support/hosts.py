@@ -92,11 +92,14 @@ class TestHost:
         return docker.DockerClient(base_url=self.docker_url, timeout=int(timeout))
 
     def pool_entry(self, slots: int | None = None, **extra: Any) -> dict[str, Any]:
-        """This host as a `pool.hosts` entry: a remote daemon over TLS (the local host: its node's daemon)."""
+        """This host as a `pool.hosts` entry: a remote daemon over TLS whose actors run on the host's own Ray node
+        (the local host: its node's own daemon). Actors of a url entry without node labels would spread over
+        every node offering `sandbox_slot`, taking the units a node-local host counts on."""
         slots = slots or self.owner.slots_of(self)
+        labels = {"node_labels": {HOST_LABEL: self.name}}
         if self.dockerd is None:
-            return {"name": self.name, "node_labels": {HOST_LABEL: self.name}, "slots": slots, **extra}
-        return {"name": self.name, "url": self.tls_url, "slots": slots, **extra}
+            return {"name": self.name, **labels, "slots": slots, **extra}
+        return {"name": self.name, "url": self.tls_url, **labels, "slots": slots, **extra}
 
     def node_entry(self, slots: int | None = None) -> dict[str, Any]:
         """This host as a `pool.hosts` entry of its Ray node's own daemon (node labels, no url)."""

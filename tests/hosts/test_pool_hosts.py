@@ -1,0 +1,155 @@
+"""One pool over three daemons: the local one (the head node's) and two remote ones over mutual TLS, each its own
+dockerd in its own network namespace. Harbor's own Trial runs the batch; every claim is read back from the daemons
+themselves (their containers, their event streams), never from the pool's own account alone."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.hosts import TestHosts
+
+from harbor_ray import labels as L
+from harbor_ray.backends.base import SandboxSpec
+from harbor_ray.backends.docker.config import DockerBackendConfig, TLSFiles
+from harbor_ray.backends.images import BUSYBOX_IMAGE, env_image_tag
+from harbor_ray.config import PoolConfig, load_config
+from harbor_ray.harbor.runner import run_trials
+from harbor_ray.pool import SandboxPool
+
+pytestmark = [pytest.mark.hosts, pytest.mark.docker, pytest.mark.ray, pytest.mark.harbor, pytest.mark.slow]
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "tasks"
+
+
+def created(host: Any, label: str, since: float, until: float) -> dict[str, str]:
+    """Containers of `label` this host's daemon created in [since, until]: name -> their harbor-ray/host label."""
+    events = host.client().events(
+        since=int(since), until=int(until) + 1, decode=True,
+        filters={"type": "container", "event": "create", "label": f"{L.RUN}={label}"},
+    )  # fmt: skip
+    found = {e["Actor"]["Attributes"]["name"]: e["Actor"]["Attributes"].get(L.HOST, "") for e in events}
+    return {name: host for name, host in found.items() if name.startswith(f"{label}-")}  # not a build's steps
+
+
+def tags(host: Any, ref: str, since: float, until: float) -> int:
+    """How many times this host's daemon tagged `ref` (one per build) in [since, until]."""
+    events = host.client().events(
+        since=int(since), until=int(until) + 1, decode=True, filters={"type": "image", "event": "tag"}
+    )
+    return sum(e["Actor"]["Attributes"].get("name") == ref for e in events)
+
+
+def has_image(host: Any, ref: str) -> bool:
+    return bool(host.client().images.list(name=ref))
+
+
+def on_daemon(host: Any, label: str) -> list[str]:
+    return [c.name for c in host.client().containers.list(all=True, filters={"label": f"{L.RUN}={label}"})]
+
+
+def tls_backend(hosts: TestHosts) -> DockerBackendConfig:
+    return DockerBackendConfig(tls=TLSFiles(cert_path=str(hosts.client_certs)), timeout_s=30)
+
+
+async def test_a_batch_spreads_over_local_and_tls_daemons(hosts, hosts_label, tmp_path) -> None:
+    tasks = [EXAMPLES / "hello-file", EXAMPLES / "sum-numbers"]
+    cfg = load_config(
+        [
+            f"run_label={hosts_label}",
+            f"jobs_dir={tmp_path}",
+            "job_name=job",
+            "agent=oracle",
+            "n_attempts=3",
+            "n_concurrent=6",
+            f"tasks=[{tasks[0]},{tasks[1]}]",
+            "pool.shared=false",
+            f"pool.name=batch-{hosts_label}",
+            "pool.sandbox_resource=sandbox_slot",
+            "pool.max_sandboxes=6",
+        ]
+    )
+    cfg.backend = tls_backend(hosts)
+    cfg.pool.hosts = hosts.pool_hosts()  # local (the head node's daemon) + h1, h2 over TLS, 2 slots each
+    images = {t.name: env_image_tag(t / "environment") for t in tasks}
+    had = {(h.name, task): has_image(h, ref) for h in hosts.hosts.values() for task, ref in images.items()}
+    since = time.time()
+    records = await run_trials(cfg)
+    until = time.time()
+
+    assert [(r.reward, r.error) for r in records] == [(1.0, None)] * 6, [(r.error_message, r.sandbox) for r in records]
+    made = {h.name: created(h, hosts_label, since, until) for h in hosts.hosts.values()}
+    # each sandbox was created on exactly one daemon: the one of the host the pool put it on
+    for host, sandboxes in made.items():
+        assert set(sandboxes.values()) <= {host}, made
+    ran_on = {name: host for host, sandboxes in made.items() for name in sandboxes}
+    assert sorted(ran_on) == sorted(r.sandbox for r in records)
+    # six at once over three hosts of two slots: two on each
+    assert Counter(ran_on.values()) == {"local": 2, "h1": 2, "h2": 2}, made
+    # each task image built once on each daemon that ran it (the netns daemons start without it)
+    for host in hosts.hosts.values():
+        for task, ref in images.items():
+            ran = any(ran_on.get(r.sandbox) == host.name for r in records if r.task == task)
+            expected = 1 if ran and not had[(host.name, task)] else 0
+            assert tags(host, ref, since, until) == expected, (host.name, task)
+            assert not ran or has_image(host, ref)
+    for host in hosts.hosts.values():
+        assert on_daemon(host, hosts_label) == []
+
+
+async def test_slots_warm_sandboxes_and_circuits_are_per_host(hosts, hosts_label) -> None:
+    spec = SandboxSpec(run_label=hosts_label, image=BUSYBOX_IMAGE, cpus=0.2, memory_mb=64, ttl_s=600)
+    config = PoolConfig(
+        name=f"slots-{hosts_label}", hosts=hosts.pool_hosts(), sandbox_resource="sandbox_slot", max_sandboxes=6,
+        circuit_failures=1, circuit_reset_s=4, start_timeout_s=30, reap_interval_s=0, keep_actors_s=0,
+        health_interval_s=0,
+    )  # fmt: skip
+    pool = SandboxPool(tls_backend(hosts), config, run_label=hosts_label)
+    h2 = hosts["h2"]
+    try:
+        # slots: six leases fill the three hosts, two each, each sandbox on its host's own daemon
+        leases = [pool.lease(spec) for _ in range(6)]
+        sandboxes = await asyncio.gather(*(lease.acquire() for lease in leases))
+        per_host = {h.name: sorted(on_daemon(h, hosts_label)) for h in hosts.hosts.values()}
+        assert {k: len(v) for k, v in per_host.items()} == {"local": 2, "h1": 2, "h2": 2}
+        for sandbox in sandboxes:
+            [host] = [h for h, names in per_host.items() if sandbox.handle.name in names]
+            assert sandbox.handle.labels[L.HOST] == host
+        stats = await pool.stats()
+        assert {name: h["used"] for name, h in stats["hosts"].items()} == {"local": 2, "h1": 2, "h2": 2}
+        with pytest.raises(TimeoutError):  # every slot is taken: a seventh lease waits
+            await asyncio.wait_for(pool.lease(spec).acquire(), 3)
+        await asyncio.gather(*(lease.release() for lease in leases))
+
+        # warm sandboxes take their host's slots like leases do: three warm ones, one per host
+        assert await pool.prewarm(spec, 3, wait=True) == 3
+        assert {h.name: len(on_daemon(h, hosts_label)) for h in hosts.hosts.values()} == {"local": 1, "h1": 1, "h2": 1}
+        warm = [pool.lease(spec) for _ in range(3)]
+        await asyncio.gather(*(lease.acquire() for lease in warm))
+        assert (await pool.stats())["warm_hits"] == 3
+        await asyncio.gather(*(lease.release() for lease in warm))
+
+        # circuits: h2's daemon goes away; its first failed start opens h2's circuit, only h2's, and the
+        # leases are served by the others; when it is back, the half-open trial closes it again
+        h2.stop_docker()
+        try:
+            again = [pool.lease(spec) for _ in range(4)]
+            got = await asyncio.wait_for(asyncio.gather(*(lease.acquire() for lease in again)), 120)
+            assert {s.handle.labels[L.HOST] for s in got} <= {"local", "h1"}
+            circuits = {name: h["circuit"]["state"] for name, h in (await pool.stats())["hosts"].items()}
+            assert circuits == {"local": "closed", "h1": "closed", "h2": "open"}
+            await asyncio.gather(*(lease.release() for lease in again))
+        finally:
+            h2.start_docker()
+        await asyncio.sleep(config.circuit_reset_s)
+        back = [pool.lease(spec) for _ in range(6)]
+        got = await asyncio.wait_for(asyncio.gather(*(lease.acquire() for lease in back)), 120)
+        assert Counter(s.handle.labels[L.HOST] for s in got) == {"local": 2, "h1": 2, "h2": 2}
+        assert (await pool.stats())["hosts"]["h2"]["circuit"]["state"] == "closed"
+        await asyncio.gather(*(lease.release() for lease in back))
+    finally:
+        await pool.shutdown()
