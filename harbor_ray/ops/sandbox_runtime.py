@@ -9,6 +9,7 @@ start on that node can reach (its error then names the same fix).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from harbor_ray.errors import ConfigError, HarborRayError
 __all__ = ["RuntimeAnswer", "check_runtime", "docker_answers", "docker_settings", "runtime_class"]
 
 DEFAULT = "the default runtime (sandbox.runtime='')"
+QUESTION_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ def docker_answers(cfg: Config) -> list[RuntimeAnswer]:
     runtime = cfg.sandbox.runtime
     answers = []
     for settings in docker_settings(cfg):
+        # one short question per daemon (as run's ping): an unreachable one must not hold the run for minutes
+        settings = dataclasses.replace(settings, timeout_s=min(settings.timeout_s, QUESTION_TIMEOUT_S))
         try:
             backend = DockerBackend(settings)
             have = backend.runtimes()

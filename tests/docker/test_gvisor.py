@@ -104,3 +104,24 @@ def test_dryrun_checks_every_daemon_of_pool_hosts(gvisor_daemon: GvisorDockerd, 
     assert line.startswith(
         "✗ sandbox runtime: sandbox.runtime=runsc: the daemon at unix:///var/run/docker.sock runs "
     ), done.stdout
+
+
+@pytest.mark.harbor
+@pytest.mark.ray
+def test_run_checks_the_runtime_then_runs_the_batch_under_it(
+    gvisor_daemon: GvisorDockerd, run_label: str, tmp_path: Path
+) -> None:
+    task = Path(__file__).parent / "tasks" / "kernel-report"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "DOCKER_HOST")}
+    done = subprocess.run(
+        [sys.executable, "-m", "harbor_ray", "run", f"tasks=[{task}]", f"run_label={run_label}", "agent=oracle",
+         f"jobs_dir={tmp_path}", "job_name=job", f"backend.host={gvisor_daemon.url}", "sandbox.runtime=runsc",
+         "--format", "json"],
+        cwd=ROOT, env=env | {"PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"sandbox runtime: runsc registered at {gvisor_daemon.url} (" in done.stderr, done.stderr[-3000:]
+    [trial] = [p for p in (tmp_path / "job").iterdir() if (p / "verifier" / "uname.txt").is_file()]
+    assert (trial / "verifier" / "uname.txt").read_text().strip() == GVISOR_UNAME
+    assert ours(gvisor_daemon, run_label) == []
