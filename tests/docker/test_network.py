@@ -283,8 +283,9 @@ def test_one_relay_serves_many_sandboxes_that_cannot_reach_each_other(
     handles: list[SandboxHandle] = []
     try:
         with ThreadPoolExecutor(4) as pool:  # four first creates at once race for the relay's name: one makes it
-            for handle in pool.map(lambda _: backend.create(spec, BASE_IMAGE), range(4)):
-                handles.append(handle)
+            started = [pool.submit(backend.create, spec, BASE_IMAGE) for _ in range(4)]
+        handles += [f.result() for f in started if f.exception() is None]
+        assert [f.exception() for f in started] == [None] * 4
         (relay,) = _relays(backend, run_label)
         for handle in handles:
             assert _get(backend, handle, f"os.environ[{GATEWAY_URL_ENV!r}]") == "gateway-says-hi"
