@@ -397,3 +397,25 @@ def test_a_process_ending_right_after_destroy_leaves_no_network(
     assert _networks_of_run(backend, run_label) == []
     (relay,) = _relays(backend, run_label)
     assert list(backend.client.api.inspect_container(relay["Id"])["NetworkSettings"]["Networks"]) == ["bridge"]
+
+
+def test_a_relay_that_never_comes_up_fails_the_start_loud_and_leaves_nothing(
+    backend: DockerBackend, run_label: str, bridge_ip: str, gateway_port: int, no_networks_left: None
+) -> None:
+    from harbor_ray.backends.docker.relay import relay_name
+    from harbor_ray.backends.egress import Endpoint
+    from harbor_ray.backends.images import BUSYBOX_IMAGE
+
+    # something else holds the relay's name, runs a moment and never listens: the start must say so, not hang
+    name = relay_name(run_label, Endpoint(GATEWAY_HOSTNAME, bridge_ip, gateway_port), 600)
+    squatter = backend.client.api.create_container(
+        BUSYBOX_IMAGE, name=name, command=["sleep", "2"], labels={L.RUN: run_label}
+    )
+    backend.client.api.start(squatter["Id"])
+    try:
+        with pytest.raises(SandboxStartError, match=f"relay {name} did not come up") as e:
+            backend.create(_spec(run_label, gateway=f"{bridge_ip}:{gateway_port}"), BASE_IMAGE)
+        assert "\n" not in str(e.value)
+        assert [h.name for h in backend.list(L.selector(run_label))] == [name]  # the squatter only: no sandbox
+    finally:
+        backend.client.api.remove_container(squatter["Id"], force=True)
