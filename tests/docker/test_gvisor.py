@@ -28,13 +28,22 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def gvisor_daemon() -> Iterator[GvisorDockerd]:
+    bridge = _docker0_index()
     daemon = GvisorDockerd()
     try:
         daemon.start([BASE_IMAGE, BUSYBOX_IMAGE])
+        # A dockerd with --bridge=none deletes the docker0 it sees: in the root namespace, the machine's own.
+        assert _docker0_index() == bridge, "the test daemon took the machine's docker0 away"
         yield daemon
     finally:
         daemon.remove()
     assert not daemon.root.exists(), f"{daemon.root} left behind"
+    assert not Path(f"/var/run/netns/{daemon.own_ns}").exists(), f"namespace {daemon.own_ns} left behind"
+    assert _docker0_index() == bridge, "the machine's docker0 is gone after the test daemon"
+
+
+def _docker0_index() -> str:
+    return Path("/sys/class/net/docker0/ifindex").read_text().strip()
 
 
 def ours(daemon: GvisorDockerd, run_label: str) -> list[str]:

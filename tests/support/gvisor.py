@@ -3,10 +3,12 @@
 `runsc_wrapper(dir)` writes the runtime to register: runsc with the flags this machine needs (why, below); plain
 `/usr/bin/runsc` runs no container here. A test host of the multi-host harness (support.hosts) could take it as
 `runtimes={"h2": {"runsc": str(wrapper)}}` (dockerd `--add-runtime` has no place for runtime arguments, hence a
-wrapper). `GvisorDockerd` is a daemon of the tests' own with that wrapper registered as `runsc`: in the root network
-namespace, or in a test host's (`ns`, entered with nsenter as the harness does), with no bridge and no iptables
-rules (its sandboxes run without network, as a task's default), its data root, exec root, socket and pid file in a
-private directory, everything removed by `remove()`.
+wrapper). `GvisorDockerd` is a daemon of the tests' own with that wrapper registered as `runsc`: in a test host's
+network namespace (`ns`, entered with nsenter as the harness does) or, without one, in a namespace of its own, with
+no bridge and no iptables rules (its sandboxes run without network, as a task's default), its data root, exec root,
+socket and pid file in a private directory, everything removed by `remove()`. Never in the root namespace: a
+dockerd started with `--bridge=none` deletes the interface `docker0` it finds (moby's removeDefaultBridgeInterface),
+which is the machine's daemon's bridge there.
 
 Why these flags, found on this machine (kernel 6.18 in a VM, cgroup v1, fuse-overlayfs; runsc 0.0~20221219):
 - `--platform=ptrace`: the kvm platform hangs here (/dev/kvm is present but nested KVM never runs the sentry).
@@ -29,12 +31,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from support.netns import ns_argv
+from support.netns import in_ns, ns_argv, run
 from support.procs import die_with_parent, wait_ready
 
 RUNSC_FLAGS = ("--platform=ptrace", "--network=none", "--file-access=shared")
 GVISOR_BANNER = "Starting gVisor"  # the first line of a gVisor sandbox's dmesg
 GVISOR_UNAME = "4.4.0"  # the kernel release gVisor reports
+OWN_NS_PREFIX = "hrgv-"  # the namespace of a daemon started without a test host's
 
 
 def runsc_wrapper(directory: Path) -> Path:
@@ -56,9 +59,10 @@ class GvisorDockerd:
     """A private dockerd with runsc registered; `url` is its socket. Start with `start()`, end with `remove()`."""
 
     def __init__(self, ns: str | None = None) -> None:
-        self.ns = ns
         # short: the socket path of its containerd (under exec-root) must fit a unix socket name
         self.root = Path(tempfile.mkdtemp(prefix="hr-gv-", dir="/tmp"))
+        self.own_ns = "" if ns else f"{OWN_NS_PREFIX}{self.root.name.removeprefix('hr-gv-')}"
+        self.ns = ns or self.own_ns
         self.url = f"unix://{self.root / 'docker.sock'}"
         self.log = self.root / "dockerd.log"
         self.wrapper = runsc_wrapper(self.root / "bin")
@@ -85,7 +89,10 @@ class GvisorDockerd:
 
     def start(self, images: list[str], timeout: float = 60.0) -> None:
         """Start the daemon and `docker load` the given images from the machine's daemon (no registry)."""
-        argv = ns_argv(self.ns, self.argv) if self.ns else self.argv
+        if self.own_ns:
+            run("ip", "netns", "add", self.own_ns)
+            in_ns(self.own_ns, "ip", "link", "set", "lo", "up")
+        argv = ns_argv(self.ns, self.argv)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, preexec_fn=die_with_parent,
@@ -120,6 +127,8 @@ class GvisorDockerd:
         for mount in sorted((m for m in mounts if m.startswith(f"{self.root}/")), key=len, reverse=True):
             subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
         subprocess.run(["rm", "-rf", "--one-file-system", str(self.root)], capture_output=True, check=False)
+        if self.own_ns:
+            run("ip", "netns", "del", self.own_ns, check=False)
 
 
 def _main_storage_driver() -> str:
