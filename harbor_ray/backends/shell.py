@@ -49,17 +49,21 @@ def wrap_command(
     env: dict[str, str] | None = None,
     user: str | None = None,
     timeout_s: float | None = None,
+    path_tail: str | None = None,
 ) -> list[str]:
     """argv for the exec: `/bin/sh -c <prelude; exec "$@"> sh <command...>`.
 
     The prelude marks the process tree with `token`; cwd, env and user are applied by it only when given
-    (a backend whose API applies them passes None), and `timeout_s` runs the command under
-    `timeout -s KILL` when the image has `timeout`. ValueError for an env name a shell cannot export.
+    (a backend whose API applies them passes None), `path_tail` is appended to the image's PATH (an agent
+    runtime's launchers; an env PATH still wins), and `timeout_s` runs the command under `timeout -s KILL`
+    when the image has `timeout`. ValueError for an env name a shell cannot export.
     """
     lines = [
         f"mkdir -p {PID_DIR} 2>/dev/null; echo $$ > {PID_DIR}/{token} 2>/dev/null",
         f"{TOKEN_ENV}={token}; export {TOKEN_ENV}",
     ]
+    if path_tail:
+        lines.append(f'PATH="${{PATH:+$PATH:}}"{shlex.quote(path_tail)}; export PATH')
     for key, value in (env or {}).items():
         if not _ENV_KEY.match(key):
             msg = f"exec: invalid environment variable name {key!r}"
