@@ -85,15 +85,19 @@ def _switch_user(user: str) -> str:
         "command -v setpriv >/dev/null 2>&1 || "
         '{ echo "harbor-ray: running as another user needs setpriv (util-linux) in the image" >&2; exit 126; }'
     )
+    # Already that uid and gid (Harbor asks root for its verifier; most images run as root): nothing to switch,
+    # so images without a setpriv that can (busybox's cannot) still serve it.
+    same = '[ "$(id -u)" = "$u_" ] && [ "$(id -g)" = "$g_" ] || '
     numeric = _NUMERIC_USER.match(user)
     if numeric:
         uid, gid = numeric.group(1), numeric.group(2) or numeric.group(1)
-        return f'{need}; set -- setpriv --reuid={uid} --regid={gid} --clear-groups -- "$@"'
+        switch = f'{need}; set -- setpriv --reuid="$u_" --regid="$g_" --clear-groups -- "$@"'
+        return f"u_={uid}; g_={gid}; {same}{{ {switch}; }}"
     q = shlex.quote(user)
     return (
         f"u_=$(id -u {q} 2>/dev/null) && g_=$(id -g {q} 2>/dev/null) || "
         f'{{ echo "harbor-ray: no user {user} in the sandbox" >&2; exit 126; }}\n'
-        f'{need}; set -- setpriv --reuid="$u_" --regid="$g_" --init-groups -- "$@"'
+        f'{same}{{ {need}; set -- setpriv --reuid="$u_" --regid="$g_" --init-groups -- "$@"; }}'
     )
 
 
