@@ -12,12 +12,11 @@ from typing import Any
 
 import docker
 import pytest
-from support.runtime_task import COMMANDS, busybox_task
+from support.runtime_task import COMMANDS, trial_overrides
 from support.scripted_openai import ScriptedPolicy
 
 from harbor_ray.backends.docker import runtime as R
 from harbor_ray.backends.docker.network import host_address
-from harbor_ray.backends.egress import GATEWAY_HOSTNAME
 from harbor_ray.config import load_config
 from harbor_ray.harbor.runner import run_trials
 from harbor_ray.pool import SandboxPool
@@ -54,17 +53,8 @@ async def test_installed_mini_swe_agent_runs_from_the_mounted_runtime(
     tag = R.runtime_tag(recipe("mini-swe-agent"))
     _forget_runtime(docker_client, tag)
     policy = ScriptedPolicy(host_address(docker_client), COMMANDS)
-    port = policy.address.rsplit(":", 1)[1]
     overrides = [
-        f"run_label={run_label}",
-        f"jobs_dir={tmp_path / 'jobs'}",
-        "job_name=job",
-        f"tasks=[{busybox_task(tmp_path / 'tasks')}]",
-        "agent=mini-swe-agent",
-        "agent.model_name=openai/policy",
-        "+agent.env.OPENAI_API_KEY=sk-test",
-        f"+agent.env.OPENAI_BASE_URL='http://{GATEWAY_HOSTNAME}:{port}/v1'",
-        f"+sandbox.gateway={policy.address}",
+        *trial_overrides(tmp_path, run_label, policy.address),
         "n_attempts=3",
         "n_concurrent=3",
         "pool.max_sandboxes=3",

@@ -16,13 +16,12 @@ import docker
 import pytest
 from k8s.test_k8s_trial import ray_session
 from support.k8s_cluster import BUSYBOX, Cluster, sandbox_container
-from support.runtime_task import COMMANDS, busybox_task
+from support.runtime_task import COMMANDS, trial_overrides
 from support.scripted_openai import ScriptedPolicy
 
 from harbor_ray import labels as L
 from harbor_ray.backends import make_backend
 from harbor_ray.backends.base import SandboxSpec
-from harbor_ray.backends.egress import GATEWAY_HOSTNAME
 from harbor_ray.backends.kubernetes import runtime as R
 from harbor_ray.backends.kubernetes.backend import KubernetesBackend
 from harbor_ray.config import load_config
@@ -136,26 +135,11 @@ async def test_installed_mini_swe_agent_trial_in_a_pod(
 ) -> None:
     from harbor_ray.verl.harbor_trial import gateway_address
 
-    overrides = [
-        *_k8s(k8s_cluster),
-        "backend.build_with_docker=true",
-        f"run_label={run_label}",
-        f"jobs_dir={tmp_path / 'jobs'}",
-        "job_name=job",
-        f"tasks=[{busybox_task(tmp_path / 'tasks')}]",
-        "agent=mini-swe-agent",
-        "agent.model_name=openai/policy",
-        "+agent.env.OPENAI_API_KEY=sk-test",
-    ]
+    k8s = [*_k8s(k8s_cluster), "backend.build_with_docker=true"]
     # where harbor_trial's gateway listens for a Kubernetes backend (this Ray node's address), and pods reach it
-    policy = ScriptedPolicy(gateway_address(load_config(overrides)), COMMANDS)
-    port = policy.address.rsplit(":", 1)[1]
-    gateway = [
-        f"+agent.env.OPENAI_BASE_URL='http://{GATEWAY_HOSTNAME}:{port}/v1'",
-        f"+sandbox.gateway={policy.address}",
-    ]
+    policy = ScriptedPolicy(gateway_address(load_config(k8s)), COMMANDS)
     try:
-        [record] = await run_trials(load_config([*overrides, *gateway]))
+        [record] = await run_trials(load_config([*k8s, *trial_overrides(tmp_path, run_label, policy.address)]))
     finally:
         policy.close()
     assert (record.reward, record.error) == (1.0, None), record.error_message

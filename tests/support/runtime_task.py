@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harbor_ray.backends.egress import GATEWAY_HOSTNAME
+
 COMMANDS = [
     "echo 'Hello from mini' > /app/hello.txt; "
     "(touch /opt/harbor-agent/mini-swe-agent/bin/x 2>/dev/null && echo writable || echo read-only) > /app/ro.txt",
@@ -37,3 +39,20 @@ def busybox_task(root: Path) -> Path:
         '[environment]\nnetwork_mode = "no-network"\n'
     )
     return task
+
+
+def trial_overrides(root: Path, run_label: str, policy_address: str) -> list[str]:
+    """One trial of `busybox_task` (made under `root`) by Harbor's installed mini-swe-agent from its runtime, its
+    model calls going through the gateway's name to the scripted policy at `policy_address` (HOST:PORT)."""
+    port = policy_address.rsplit(":", 1)[1]
+    return [
+        f"run_label={run_label}",
+        f"jobs_dir={root / 'jobs'}",
+        "job_name=job",
+        f"tasks=[{busybox_task(root / 'tasks')}]",
+        "agent=mini-swe-agent",
+        "agent.model_name=openai/policy",
+        "+agent.env.OPENAI_API_KEY=sk-test",
+        f"+agent.env.OPENAI_BASE_URL='http://{GATEWAY_HOSTNAME}:{port}/v1'",
+        f"+sandbox.gateway={policy_address}",
+    ]
