@@ -55,7 +55,9 @@ def test_runtime_pod_shape_and_path(backend: KubernetesBackend, k8s_cluster: Clu
         backend.destroy(plain)
     assert REC.bin_path not in image_path
 
-    spec = SandboxSpec(run_label=run_label, image=BUSYBOX, agent_runtime="mini-swe-agent", cpus=0.25, memory_mb=96)
+    spec = SandboxSpec(
+        run_label=run_label, image=BUSYBOX, agent_runtime="mini-swe-agent", cpus=0.25, memory_mb=96, storage_mb=900
+    )
     handle = backend.create(spec, backend.ensure_image(spec))
     try:
         assert handle.labels[L.RUNTIME] == "mini-swe-agent"
@@ -70,7 +72,12 @@ def test_runtime_pod_shape_and_path(backend: KubernetesBackend, k8s_cluster: Clu
         assert init["command"] == REC.copy_argv("/harbor-ray-runtime")
         assert init["command"][:3] == [f"{REC.mount_path}/lib/ld.so", "--library-path", f"{REC.mount_path}/lib"]
         assert init["volumeMounts"] == [{"name": R.VOLUME, "mountPath": "/harbor-ray-runtime"}]
-        assert init["resources"] == sandbox["resources"]  # the pod's effective request stays the sandbox's
+        # the sandbox's CPU and memory (the pod's effective request stays the sandbox's), nothing else
+        assert sandbox["resources"]["limits"] == {"cpu": "250m", "memory": "96Mi", "ephemeral-storage": "900Mi"}
+        assert init["resources"] == {
+            "limits": {"cpu": "250m", "memory": "96Mi"},
+            "requests": {"cpu": "250m", "memory": "96Mi"},
+        }
         sc = init["securityContext"]
         assert (sc["runAsUser"], sc["runAsNonRoot"], sc["allowPrivilegeEscalation"]) == (65534, True, False)
         assert (sc["capabilities"], sc["readOnlyRootFilesystem"]) == ({"drop": ["ALL"]}, True)
@@ -97,3 +104,16 @@ def test_runtime_for_another_architecture_is_one_line_and_no_pod(k8s_cluster: Cl
         "machine); select amd64 nodes, or build the runtime on a machine of that architecture"
     )
     assert k8s_cluster.pods(f"{L.RUN}={run_label}") == []
+
+
+def test_dryrun_says_it_cannot_look_into_a_registry(k8s_cluster: Cluster) -> None:
+    from harbor_ray.ops.dryrun.kubernetes import k8s_checks
+
+    config = k8s_cluster.config(image_registry="registry.example:5000/rl")
+    [line] = [c for c in k8s_checks(config, runtime="mini-swe-agent") if c.name == "k8s agent runtime"]
+    assert (line.ok, line.warning) == (False, True)  # a warning: the run may work, nothing here can tell
+    assert line.detail.startswith(
+        f"mini-swe-agent: nodes pull registry.example:5000/rl/{runtime_tag(REC)}, not checked (no registry API here; "
+        "dryrun --pod does)"
+    )
+    assert line.fix.startswith(f"push {runtime_tag(REC)} as registry.example:5000/rl/{runtime_tag(REC)}")

@@ -59,8 +59,8 @@ def apply_to_pod(body: dict[str, Any], name: str, image: str) -> None:
             "image": image,
             "imagePullPolicy": sandbox["imagePullPolicy"],
             "command": rec.copy_argv(_STAGE),
-            # the sandbox's own bounds: the pod's effective request stays the sandbox's
-            "resources": sandbox["resources"],
+            # the sandbox's CPU and memory (the pod's effective request stays the sandbox's); no GPUs for a copy
+            "resources": {kind: _cpu_memory(q) for kind, q in sandbox["resources"].items()},
             "securityContext": {
                 "runAsUser": _NOBODY,
                 "runAsGroup": _NOBODY,
@@ -75,6 +75,10 @@ def apply_to_pod(body: dict[str, Any], name: str, image: str) -> None:
     ]
     spec.setdefault("volumes", []).append({"name": VOLUME, "emptyDir": {}})
     sandbox.setdefault("volumeMounts", []).append({"name": VOLUME, "mountPath": rec.mount_path, "readOnly": True})
+
+
+def _cpu_memory(quantities: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in quantities.items() if k in ("cpu", "memory")}
 
 
 def path_tail(labels: dict[str, str]) -> str | None:
