@@ -18,6 +18,7 @@ ACTOR = "harbor-ray/actor"  # the Ray actor that owns the sandbox (hex id)
 HOST = "harbor-ray/host"  # the host (slot group) a sandbox counts against
 PROCESS = "harbor-ray/process"  # <process space>.<pid>.<start ticks> of the process that owns the sandbox
 SANDBOX = "harbor-ray/sandbox"  # on a sandbox's network, forwarders, NetworkPolicy: the sandbox's name
+RUNTIME = "harbor-ray/runtime"  # an agent runtime's name: on its image and volume, and on a pod that mounts it
 RUNTIME_RUN = "agent-runtimes"  # the run label of agent runtime images (kept across runs, like base images)
 EGRESS_NET = "harbor-ray/egress-net"  # on a "gateway only" sandbox: its own network (docs/network.md)
 RELAYS = "harbor-ray/relays"  # on a "gateway only" sandbox: the relays on its network (names, comma-separated)

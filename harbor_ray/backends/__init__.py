@@ -92,6 +92,9 @@ def make_backend(config: BackendConfig, *, output_limit_bytes: int = 1_000_000) 
     """
     kwargs: dict[str, Any] = {"output_limit_bytes": output_limit_bytes}
     if config.builds_on_local_docker():
-        # Nodes that run this machine's images: build them on the local daemon, through its own backend.
-        kwargs["local_builder"] = make_backend(DockerBackendConfig()).ensure_image
+        # Nodes that run this machine's images: build them (task images and agent runtimes) on the local daemon,
+        # through its own backend.
+        local: Any = make_backend(DockerBackendConfig())
+        kwargs["local_builder"] = local.ensure_image
+        kwargs["local_runtime_builder"] = local.ensure_runtime_image
     return entry(config.kind).load()(config, **kwargs)  # type: ignore[no-any-return]

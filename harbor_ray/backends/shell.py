@@ -49,17 +49,21 @@ def wrap_command(
     env: dict[str, str] | None = None,
     user: str | None = None,
     timeout_s: float | None = None,
+    path_tail: str | None = None,
 ) -> list[str]:
     """argv for the exec: `/bin/sh -c <prelude; exec "$@"> sh <command...>`.
 
     The prelude marks the process tree with `token`; cwd, env and user are applied by it only when given
-    (a backend whose API applies them passes None), and `timeout_s` runs the command under
-    `timeout -s KILL` when the image has `timeout`. ValueError for an env name a shell cannot export.
+    (a backend whose API applies them passes None), `path_tail` is appended to the image's PATH (an agent
+    runtime's launchers; an env PATH still wins), and `timeout_s` runs the command under `timeout -s KILL`
+    when the image has `timeout`. ValueError for an env name a shell cannot export.
     """
     lines = [
         f"mkdir -p {PID_DIR} 2>/dev/null; echo $$ > {PID_DIR}/{token} 2>/dev/null",
         f"{TOKEN_ENV}={token}; export {TOKEN_ENV}",
     ]
+    if path_tail:
+        lines.append(f'PATH="${{PATH:+$PATH:}}"{shlex.quote(path_tail)}; export PATH')
     for key, value in (env or {}).items():
         if not _ENV_KEY.match(key):
             msg = f"exec: invalid environment variable name {key!r}"
@@ -81,15 +85,19 @@ def _switch_user(user: str) -> str:
         "command -v setpriv >/dev/null 2>&1 || "
         '{ echo "harbor-ray: running as another user needs setpriv (util-linux) in the image" >&2; exit 126; }'
     )
+    # Already that uid and gid (Harbor asks root for its verifier; most images run as root): nothing to switch,
+    # so images without a setpriv that can (busybox's cannot) still serve it.
+    same = '[ "$(id -u)" = "$u_" ] && [ "$(id -g)" = "$g_" ] || '
     numeric = _NUMERIC_USER.match(user)
     if numeric:
         uid, gid = numeric.group(1), numeric.group(2) or numeric.group(1)
-        return f'{need}; set -- setpriv --reuid={uid} --regid={gid} --clear-groups -- "$@"'
+        switch = f'{need}; set -- setpriv --reuid="$u_" --regid="$g_" --clear-groups -- "$@"'
+        return f"u_={uid}; g_={gid}; {same}{{ {switch}; }}"
     q = shlex.quote(user)
     return (
         f"u_=$(id -u {q} 2>/dev/null) && g_=$(id -g {q} 2>/dev/null) || "
         f'{{ echo "harbor-ray: no user {user} in the sandbox" >&2; exit 126; }}\n'
-        f'{need}; set -- setpriv --reuid="$u_" --regid="$g_" --init-groups -- "$@"'
+        f'{same}{{ {need}; set -- setpriv --reuid="$u_" --regid="$g_" --init-groups -- "$@"; }}'
     )
 
 

@@ -349,12 +349,6 @@ def validate(cfg: Config) -> None:
     check_sandbox_runtime(cfg)
     if cfg.agent.runtime:
         recipe(cfg.agent.runtime)  # ConfigError naming the shipped recipes
-        if cfg.backend.kind not in ("docker", "docker_remote"):
-            msg = (
-                f"agent.runtime={cfg.agent.runtime}: agent runtimes are mounted on Docker backends only so far; "
-                "use backend=docker, or install the agent in the task image and set agent.runtime=''"
-            )
-            raise ConfigError(msg)
     if cfg.sandbox.memory_mb < 6:
         msg = f"sandbox.memory_mb={cfg.sandbox.memory_mb}: Docker needs at least 6 MiB; use e.g. 2048"
         raise ConfigError(msg)

@@ -43,8 +43,10 @@ OTHER_SECTIONS = (
     "experiment",
     "credentials",
 )
-# Keys of harbor_agent harbor_ray accepts but does not use (agent runtime images are mounted by the seed's
-# own environments; harbor_ray runs agents as Harbor installs them).
+# Keys of harbor_agent harbor_ray accepts but does not use. The seed's runtime_image/runtime_mount_path/
+# runtime_image_subpath name an image of the seed's own layout (its tree set up by runtime-env.sh); a harbor_ray
+# runtime is a recipe (`agent.runtime`) whose launchers have its mount path built in and whose image is named by its
+# digest, so mapping them would mount a tree nothing here knows how to start (docs/config.md).
 UNUSED_AGENT_KEYS = (
     "runtime_image",
     "runtime_mount_path",

@@ -26,11 +26,13 @@ from typing import Any
 from harbor_ray.backends.base import SandboxSpec
 from harbor_ray.backends.docker.config import DockerBackendConfig
 from harbor_ray.backends.images import env_image_tag
+from harbor_ray.backends.kubernetes.config import K8sBackendConfig
 from harbor_ray.config import Config, load_config
 from harbor_ray.errors import ConfigError, HarborRayError
 from harbor_ray.harbor.spec import discover_tasks, task_spec
 from harbor_ray.ops.args import add_config_args
 from harbor_ray.pool.hosts import NODE_ID_LABEL, Host, configured_hosts, has_node, node_hosts, task_options
+from harbor_ray.runtimes.recipes import recipe, runtime_tag
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,7 @@ def build_one(backend_config: Any, spec: SandboxSpec) -> tuple[str, str]:
 
     builder = DockerBackendConfig() if backend_config.builds_on_local_docker() else backend_config
     if not spec.build_context and spec.agent_runtime:
-        return _build_runtime(builder, spec)
+        return _build_runtime(builder, spec, pods=backend_config.kind == "k8s")
     tag = env_image_tag(spec.build_context or "")
     try:
         daemon = DockerBackend(builder)
@@ -103,8 +105,9 @@ def build_one(backend_config: Any, spec: SandboxSpec) -> tuple[str, str]:
         return "failed", f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
 
 
-def _build_runtime(builder: Any, spec: SandboxSpec) -> tuple[str, str]:
-    """An agent runtime on this host's daemon: ("present" | "built" | "failed", detail)."""
+def _build_runtime(builder: Any, spec: SandboxSpec, *, pods: bool = False) -> tuple[str, str]:
+    """An agent runtime on this host's daemon: ("present" | "built" | "failed", detail). For pods (Kubernetes
+    nodes running this daemon's images) only its image: each pod's init container copies the tree."""
     import docker.errors
 
     from harbor_ray.backends.docker import runtime as R
@@ -113,6 +116,11 @@ def _build_runtime(builder: Any, spec: SandboxSpec) -> tuple[str, str]:
     try:
         daemon = DockerBackend(builder)
         try:
+            if pods:
+                built = R.BUILDS.copy()
+                tag = daemon.ensure_runtime_image(spec.agent_runtime)
+                status = "built" if R.BUILDS != built else "present"
+                return status, f"{tag}, copied into each pod by an init container"
             vol = R.volume_name(R.runtime_tag(R.recipe(spec.agent_runtime)))
             try:
                 daemon.client.volumes.get(vol + "-ready")
@@ -130,16 +138,20 @@ def _build_runtime(builder: Any, spec: SandboxSpec) -> tuple[str, str]:
 
 
 def build_runtimes(cfg: Config, hosts: list[Host], runners: dict[str, Any]) -> list[str]:
-    """The configured agent runtime (`agent.runtime`) on every host's daemon: one report line per host."""
+    """The configured agent runtime (`agent.runtime`) on every host's daemon: one report line per host (Kubernetes:
+    this machine's daemon, plus what the pods pull when that is a registry's copy)."""
     if not cfg.agent.runtime:
         return []
-    if cfg.backend.kind not in ("docker", "docker_remote"):
-        return [f"agent runtime {cfg.agent.runtime}: Docker backends only (Kubernetes: not built by harbor_ray yet)"]
     lines = []
     for host in hosts:
         spec = SandboxSpec(run_label=cfg.run_label, agent_runtime=cfg.agent.runtime)
         status, detail = runners[host.name](host.backend_config, spec)
         lines.append(f"agent runtime {cfg.agent.runtime} on {host.name}: {status}{': ' + detail if detail else ''}")
+    if isinstance(cfg.backend, K8sBackendConfig) and cfg.backend.image_registry:
+        tag = runtime_tag(recipe(cfg.agent.runtime))
+        ref = f"{cfg.backend.image_registry.rstrip('/')}/{tag}"
+        push = f"docker tag {tag} {ref}, docker push"
+        lines.append(f"agent runtime {cfg.agent.runtime}: pods pull {ref}; push it there ({push})")
     return lines
 
 

@@ -32,9 +32,10 @@ class RuntimeBuildError(ImageBuildError):
     """A runtime's build could not get what it installs."""
 
 
-__all__ = ["MOUNT_ROOT", "RECIPES", "Recipe", "recipe"]
+__all__ = ["MOUNT_ROOT", "RECIPES", "RUNTIME_REPO", "Recipe", "recipe", "runtime_tag"]
 
 MOUNT_ROOT = "/opt/harbor-agent"
+RUNTIME_REPO = "harbor-ray/runtime"
 _BASE = "harbor-ray/base:bookworm"
 
 _PYTHON_BUILD = r"""#!/bin/sh
@@ -119,6 +120,25 @@ class Recipe:
             return head + f'exec "$RT/lib/ld.so" --library-path "$RT/lib" "$RT/usr/bin/python3.11" -c "{code}" "$@"\n'
         return head + f'exec "$RT/lib/ld.so" --library-path "$RT/lib" "$RT/usr/bin/node" "$RT/node/{target}" "$@"\n'
 
+    def copy_argv(self, into: str) -> list[str]:
+        """argv that copies the tree's contents into the directory `into` with the tree's own interpreter (the
+        image is `FROM scratch`: no shell, no cp). Modes and symlinks are kept; `into` itself is left as it is
+        (an emptyDir's root is not ours to chmod). Kubernetes' init container runs it."""
+        rt = self.mount_path
+        run = [f"{rt}/lib/ld.so", "--library-path", f"{rt}/lib"]
+        if self.kind == "python":
+            code = (
+                "import os, shutil, sys\n"
+                "src, dst = sys.argv[1:3]\n"
+                "for n in os.listdir(src):\n"
+                "    s, d = os.path.join(src, n), os.path.join(dst, n)\n"
+                "    if os.path.isdir(s) and not os.path.islink(s): shutil.copytree(s, d, symlinks=True)\n"
+                "    else: shutil.copy2(s, d, follow_symlinks=False)\n"
+            )
+            return [*run, f"{rt}/usr/bin/python3.11", "-I", "-B", "-c", code, rt, into]
+        code = "require('fs').cpSync(process.argv[1], process.argv[2], {recursive: true, verbatimSymlinks: true})"
+        return [*run, f"{rt}/usr/bin/node", "-e", code, rt, into]
+
     def files(self, arch: str | None = None) -> dict[str, str]:
         """The build context: file name -> text. Its bytes are the runtime's identity."""
         arch = arch or platform.machine()
@@ -181,6 +201,11 @@ class Recipe:
             tail = (done.stderr or done.stdout).strip().splitlines()
             msg = f"agent runtime {self.name}: fetching its wheels failed: {tail[-1] if tail else done.returncode}"
             raise RuntimeBuildError(msg)
+
+
+def runtime_tag(rec: Recipe) -> str:
+    """The runtime's image, named by the recipe's digest: the same recipe is the same tag on every host."""
+    return f"{RUNTIME_REPO}-{rec.name}:{rec.digest()[:20]}"
 
 
 RECIPES: dict[str, Recipe] = {

@@ -12,48 +12,17 @@ from typing import Any
 
 import docker
 import pytest
+from support.runtime_task import COMMANDS, trial_overrides
 from support.scripted_openai import ScriptedPolicy
 
 from harbor_ray.backends.docker import runtime as R
 from harbor_ray.backends.docker.network import host_address
-from harbor_ray.backends.egress import GATEWAY_HOSTNAME
 from harbor_ray.config import load_config
 from harbor_ray.harbor.runner import run_trials
 from harbor_ray.pool import SandboxPool
 from harbor_ray.runtimes.recipes import recipe
 
 pytestmark = [pytest.mark.harbor, pytest.mark.ray, pytest.mark.docker, pytest.mark.slow]
-
-COMMANDS = [
-    "echo 'Hello from mini' > /app/hello.txt; "
-    "(touch /opt/harbor-agent/mini-swe-agent/bin/x 2>/dev/null && echo writable || echo read-only) > /app/ro.txt",
-    "echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT",
-]
-
-TEST_SH = """#!/bin/sh
-ok=1
-[ "$(cat /app/hello.txt)" = "Hello from mini" ] || ok=0
-[ "$(cat /app/ro.txt)" = "read-only" ] || ok=0
-command -v python3 >/dev/null 2>&1 && ok=0
-command -v python >/dev/null 2>&1 && ok=0
-echo $ok > /logs/verifier/reward.txt
-"""
-
-
-def busybox_task(root: Path) -> Path:
-    task = root / "hello-mini"
-    (task / "environment").mkdir(parents=True)
-    (task / "environment" / "Dockerfile").write_text(
-        "FROM harbor-ray/busybox:latest\nRUN mkdir -p /app\nWORKDIR /app\n"
-    )
-    (task / "tests").mkdir()
-    (task / "tests" / "test.sh").write_text(TEST_SH)
-    (task / "instruction.md").write_text("Write 'Hello from mini' to /app/hello.txt.\n")
-    (task / "task.toml").write_text(
-        'schema_version = "1.4"\n\n[verifier]\ntimeout_sec = 60.0\n\n[agent]\ntimeout_sec = 300.0\n\n'
-        '[environment]\nnetwork_mode = "no-network"\n'
-    )
-    return task
 
 
 def _forget_runtime(client: docker.DockerClient, tag: str) -> None:
@@ -84,17 +53,8 @@ async def test_installed_mini_swe_agent_runs_from_the_mounted_runtime(
     tag = R.runtime_tag(recipe("mini-swe-agent"))
     _forget_runtime(docker_client, tag)
     policy = ScriptedPolicy(host_address(docker_client), COMMANDS)
-    port = policy.address.rsplit(":", 1)[1]
     overrides = [
-        f"run_label={run_label}",
-        f"jobs_dir={tmp_path / 'jobs'}",
-        "job_name=job",
-        f"tasks=[{busybox_task(tmp_path / 'tasks')}]",
-        "agent=mini-swe-agent",
-        "agent.model_name=openai/policy",
-        "+agent.env.OPENAI_API_KEY=sk-test",
-        f"+agent.env.OPENAI_BASE_URL='http://{GATEWAY_HOSTNAME}:{port}/v1'",
-        f"+sandbox.gateway={policy.address}",
+        *trial_overrides(tmp_path, run_label, policy.address),
         "n_attempts=3",
         "n_concurrent=3",
         "pool.max_sandboxes=3",

@@ -217,6 +217,17 @@ def test_user_switching(backend: KubernetesBackend, run_label: str, docker_clien
         backend.destroy(handle)
 
 
+def test_the_sandboxs_own_user_needs_no_switch(backend: KubernetesBackend, run_label: str) -> None:
+    """Harbor runs its verifier as root; busybox's setpriv cannot switch users, and need not: the pod runs as root."""
+    handle = backend.create(small(run_label), BUSYBOX)
+    try:
+        for user in ("0", "root", "0:0"):
+            r = backend.exec(handle, "id -u; id -g", user=user)
+            assert (r.stdout, r.return_code) == ("0\n0\n", 0), r.stderr
+    finally:
+        backend.destroy(handle)
+
+
 def test_start_fails_fast_with_err_image_never_pull(k8s_cluster: Cluster, run_label: str) -> None:
     backend = KubernetesBackend(k8s_cluster.config(image_pull_policy="Never"))
     started = time.monotonic()

@@ -34,6 +34,7 @@ import docker
 from aiohttp import WSMsgType, web
 
 from harbor_ray.backends.docker.exec import ExecFrames
+from harbor_ray.backends.kubernetes.runtime import node_arch
 
 MARKER = "harbor-ray-test/kubelet"
 POD_PIDS_LIMIT = 512  # as a real kubelet's podPidsLimit (support/real_node.py); served on /configz
@@ -86,7 +87,13 @@ class Kubelet:
         self.server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.server_ssl.load_cert_chain(cert, key)
         self.docker = docker.DockerClient(base_url="unix:///var/run/docker.sock", max_pool_size=64, timeout=120)
-        self.node_labels = {"kubernetes.io/hostname": node, "kubernetes.io/os": "linux", "harbor-ray-test/node": "1"}
+        # as a real kubelet labels its node (its OS and GOARCH: the engine's, this machine's)
+        self.node_labels = {
+            "kubernetes.io/hostname": node,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": node_arch(),
+            "harbor-ray-test/node": "1",
+        }
         self.pods: dict[str, PodState] = {}  # uid -> state, for pods bound to this node
         self.seen_unschedulable: set[str] = set()
         self.binding: set[str] = set()

@@ -196,6 +196,8 @@ def test_seed_full_file_maps_every_owned_key(caplog: pytest.LogCaptureFixture) -
     assert cfg.agent.name == "claude-code"
     assert cfg.agent.import_path == "harbor_patch.agents.image_mounted_claude_code:ClaudeCode"
     assert cfg.agent.kwargs == {"max_iterations": 100, "temperature": 1.0, "disable_tool_calls": False}
+    # runtime_image / runtime_mount_path / runtime_image_subpath: the seed's own layout, not a recipe (docs/config.md)
+    assert cfg.agent.runtime == ""
     assert (cfg.agent.override_timeout_s, cfg.agent.max_timeout_s) == (2400, 2400)
     assert (cfg.max_retries, cfg.verifier_enabled, cfg.force_build, cfg.delete) == (2, True, False, True)
     assert cfg.sandbox.cpus == 1.0

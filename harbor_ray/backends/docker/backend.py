@@ -103,6 +103,11 @@ class DockerBackend:
             R.ensure_runtime(self.client, self.endpoint.url, spec.agent_runtime, self.build_runtime)
         return self._ensure_task_image(spec)
 
+    @_typed_connection_errors
+    def ensure_runtime_image(self, name: str) -> str:
+        """Agent runtime `name`'s image on this daemon, built once (for Kubernetes nodes that run its images)."""
+        return R.ensure_runtime_image(self.client, self.endpoint.url, name, self.build_runtime)
+
     def build_runtime(self, context: str, tag: str) -> None:
         """Build an agent runtime's image from its context, as task images are built (labels, timeout, log tail)."""
         self._build(SandboxSpec(run_label=L.RUNTIME_RUN, build_context=context), tag)

@@ -15,21 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 from harbor_ray import labels as L
 from harbor_ray.backends.images import KeyedLocks
-from harbor_ray.runtimes.recipes import Recipe, recipe
+from harbor_ray.runtimes.recipes import RUNTIME_REPO, Recipe, recipe, runtime_tag
 
 if TYPE_CHECKING:
     import docker
 
 log = logging.getLogger(__name__)
 
-RUNTIME_REPO = "harbor-ray/runtime"
+__all__ = ["BUILDS", "RUNTIME_REPO", "ensure_runtime", "ensure_runtime_image", "mount", "runtime_tag", "volume_name"]
+
 _LOCKS = KeyedLocks()
 BUILDS: dict[str, int] = {}  # runtime image tag -> builds by this process (bench and tests read it)
-
-
-def runtime_tag(rec: Recipe) -> str:
-    """Named by the recipe's digest: the same recipe is the same tag on every host."""
-    return f"{RUNTIME_REPO}-{rec.name}:{rec.digest()[:20]}"
 
 
 def volume_name(tag: str) -> str:
@@ -37,7 +33,7 @@ def volume_name(tag: str) -> str:
 
 
 def _labels(rec: Recipe, tag: str) -> dict[str, str]:
-    return {L.KIND: "runtime", "harbor-ray/runtime": rec.name, "harbor-ray/runtime-image": tag}
+    return {L.KIND: "runtime", L.RUNTIME: rec.name, "harbor-ray/runtime-image": tag}
 
 
 def ensure_runtime(client: docker.DockerClient, url: str, name: str, build: Any) -> str:
@@ -54,15 +50,31 @@ def ensure_runtime(client: docker.DockerClient, url: str, name: str, build: Any)
             return vol
         except docker.errors.NotFound:
             pass
-        try:
-            client.images.get(tag)
-        except docker.errors.ImageNotFound:
-            started = time.monotonic()
-            build(str(rec.context()), tag)
-            BUILDS[tag] = BUILDS.get(tag, 0) + 1
-            log.info("built agent runtime %s (%s) in %.1fs", rec.name, tag, time.monotonic() - started)
+        _build_once(client, rec, tag, build)
         _fill(client, rec, tag, vol)
     return vol
+
+
+def ensure_runtime_image(client: docker.DockerClient, url: str, name: str, build: Any) -> str:
+    """The image of runtime `name` on this daemon, built once (no volume: for nodes that run this daemon's images,
+    which copy the tree themselves, Kubernetes' init container)."""
+    rec = recipe(name)
+    tag = runtime_tag(rec)
+    with _LOCKS.hold(f"{url}|{tag}"):
+        _build_once(client, rec, tag, build)
+    return tag
+
+
+def _build_once(client: docker.DockerClient, rec: Recipe, tag: str, build: Any) -> None:
+    import docker.errors
+
+    try:
+        client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        started = time.monotonic()
+        build(str(rec.context()), tag)
+        BUILDS[tag] = BUILDS.get(tag, 0) + 1
+        log.info("built agent runtime %s (%s) in %.1fs", rec.name, tag, time.monotonic() - started)
 
 
 def _fill(client: docker.DockerClient, rec: Recipe, tag: str, vol: str) -> None:

@@ -26,6 +26,7 @@ from harbor_ray.backends.kubernetes import api
 from harbor_ray.backends.kubernetes import exec as X
 from harbor_ray.backends.kubernetes import netpol as NP
 from harbor_ray.backends.kubernetes import pods as P
+from harbor_ray.backends.kubernetes import runtime as R
 from harbor_ray.backends.kubernetes.config import K8sBackendConfig
 from harbor_ray.errors import (
     BackendUnavailable,
@@ -35,6 +36,7 @@ from harbor_ray.errors import (
     SandboxStartError,
     TransferError,
 )
+from harbor_ray.runtimes.recipes import recipe, runtime_tag
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +60,13 @@ class KubernetesBackend:
         *,
         output_limit_bytes: int | None = None,
         local_builder: Callable[[SandboxSpec], str] | None = None,
+        local_runtime_builder: Callable[[str], str] | None = None,
     ) -> None:
-        """`local_builder` builds a spec's image on this machine's Docker daemon (for build_with_docker)."""
+        """`local_builder` builds a spec's image on this machine's Docker daemon, `local_runtime_builder` an agent
+        runtime's image there (for build_with_docker)."""
         self.config = config or K8sBackendConfig()
         self._local_builder = local_builder
+        self._local_runtime_builder = local_runtime_builder
         self.namespace = self.config.namespace
         # Per stream of one exec; the keyword (the pool's setting) wins over the backend config's.
         self.output_limit_bytes = output_limit_bytes or self.config.exec_output_limit_bytes
@@ -105,7 +110,15 @@ class KubernetesBackend:
     # -- images -------------------------------------------------------------------------------------
 
     def ensure_image(self, spec: SandboxSpec) -> str:
-        """The image reference the cluster pulls. Kubernetes cannot build: it needs an image in a registry."""
+        """The image reference the cluster pulls. Kubernetes cannot build: it needs an image in a registry.
+
+        An agent runtime's image is built first on this machine's daemon with build_with_docker (once per
+        recipe content), else the nodes pull it (`runtime_image`)."""
+        if spec.agent_runtime and self.config.build_with_docker:
+            if self._local_runtime_builder is None:
+                msg = "backend.build_with_docker=true: make the backend with harbor_ray.backends.make_backend"
+                raise ConfigError(msg)
+            self._local_runtime_builder(spec.agent_runtime)
         registry = self.config.image_registry.rstrip("/")
         if spec.image:
             ref = spec.image
@@ -130,6 +143,14 @@ class KubernetesBackend:
         else:
             msg = "sandbox spec: give an image or a build_context (a directory with a Dockerfile)"
             raise SandboxStartError(msg)
+        return self._pulled(ref)
+
+    def runtime_image(self, name: str) -> str:
+        """The image of agent runtime `name` as the nodes get it (backend.image_registry's prefix, if any)."""
+        return self._pulled(runtime_tag(recipe(name)))
+
+    def _pulled(self, ref: str) -> str:
+        registry = self.config.image_registry.rstrip("/")
         first = ref.split("/", 1)[0]
         qualified = "/" in ref and ("." in first or ":" in first or first == "localhost")
         return ref if not registry or qualified else f"{registry}/{ref}"
@@ -146,7 +167,11 @@ class KubernetesBackend:
         labels = L.sandbox_labels(spec.run_label, pool=spec.pool, owner=owner, ttl_s=spec.ttl_s) | L.valid_values(
             dict(spec.labels)
         )
+        if spec.agent_runtime:
+            labels[L.RUNTIME] = spec.agent_runtime  # exec reads it back from the handle (its PATH)
         body = P.pod_manifest(self.config, name, spec, image, labels)
+        if spec.agent_runtime:  # a wrong node_selector arch -> ConfigError before anything exists
+            R.apply_to_pod(body, spec.agent_runtime, self.runtime_image(spec.agent_runtime))
         allowed = NP.ip_endpoints(spec)  # a hostname -> ConfigError before anything exists
         NP.apply_to_pod(body, spec, allowed)  # labels the pod (and `labels`) harbor-ray/sandbox when restricted
         with self._create_slots:
@@ -229,10 +254,11 @@ class KubernetesBackend:
             if state == "running":
                 return
             if state == "failed":
-                msg = f"pod {self.namespace}/{name} failed to start: {self._why(pod)}"
+                msg = R.start_failure(pod) or f"pod {self.namespace}/{name} failed to start: {self._why(pod)}"
                 raise SandboxStartError(msg)
         why = self._why(last) if last is not None else "the pod never appeared"
-        msg = f"pod {self.namespace}/{name} not running after {self.config.start_timeout_s:g}s: {why}"
+        runtime = R.start_failure(last) if last is not None else None
+        msg = f"pod {self.namespace}/{name} not running after {self.config.start_timeout_s:g}s: {runtime or why}"
         raise SandboxStartError(msg)
 
     def _why(self, pod: Any) -> str:
@@ -408,7 +434,9 @@ class KubernetesBackend:
         With no timeout the command is still bounded by the pod's TTL (activeDeadlineSeconds).
         """
         token = shell.new_token()
-        argv = shell.wrap_command(cmd, token=token, cwd=cwd, env=env, user=user, timeout_s=timeout_s)
+        argv = shell.wrap_command(
+            cmd, token=token, cwd=cwd, env=env, user=user, timeout_s=timeout_s, path_tail=R.path_tail(handle.labels)
+        )
         started = time.monotonic()
         deadline = started + timeout_s + X.KILL_GRACE_S if timeout_s else None
         r = self._stream(handle, argv, deadline=deadline)

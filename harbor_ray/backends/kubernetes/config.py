@@ -16,10 +16,11 @@ class K8sBackendConfig:
         context: the kubeconfig context; "" -> its current-context.
         namespace: where the pods go.
         in_cluster: use the pod's service account (KUBERNETES_SERVICE_HOST and its token).
-        image_registry: prefix for image names, e.g. registry.example.com/team.
-        build_with_docker: build a task's environment/Dockerfile on this machine's Docker daemon, for nodes
-            that run images from that daemon (kind/minikube with the docker driver, a single-node cluster).
-            With image_registry set, the built tag is what the pods pull: push it there (harbor_ray does not).
+        image_registry: prefix for image names, e.g. registry.example.com/team (task images and the agent runtime's,
+            harbor-ray/runtime-<name>:<digest>, which each pod's init container copies; docs/kubernetes.md).
+        build_with_docker: build a task's environment/Dockerfile and the agent runtime on this machine's Docker
+            daemon, for nodes that run images from that daemon (kind/minikube with the docker driver, a single-node
+            cluster). With image_registry set, the built tag is what the pods pull: push it there (harbor_ray does not).
         build_timeout_s: the timeout of one such build.
         node_selector: node labels every pod requires.
         tolerations: as in a pod spec (camelCase keys).

@@ -76,7 +76,7 @@ def start_state(pod: Any) -> str:
     if st.phase in ("Failed", "Succeeded"):
         return "failed"
     statuses = st.container_statuses or []
-    for cs in statuses:
+    for cs in [*(st.init_container_statuses or []), *statuses]:
         if cs.state and cs.state.waiting and cs.state.waiting.reason in FATAL_WAITING:
             return "failed"
     if st.phase == "Running" and statuses and all(cs.state and cs.state.running for cs in statuses):
@@ -93,7 +93,7 @@ def describe(pod: Any, events: list[Any] = ()) -> str:  # type: ignore[assignmen
     for c in st.conditions or []:
         if c.status != "True" and c.reason:
             parts.append(f"{c.type} {c.reason}" + (f" ({c.message})" if c.message else ""))
-    for cs in st.container_statuses or []:
+    for cs in [*(st.init_container_statuses or []), *(st.container_statuses or [])]:
         if cs.state and cs.state.waiting and cs.state.waiting.reason:
             w = cs.state.waiting
             parts.append(f"container {cs.name} {w.reason}" + (f" ({w.message})" if w.message else ""))

@@ -19,6 +19,7 @@ from harbor_ray.backends.kubernetes.config import K8sBackendConfig
 from harbor_ray.config import Config
 from harbor_ray.errors import HarborRayError
 from harbor_ray.ops.dryrun.report import Check
+from harbor_ray.runtimes.recipes import recipe
 
 if TYPE_CHECKING:
     from harbor_ray.backends.kubernetes.backend import KubernetesBackend
@@ -57,10 +58,12 @@ def k8s_checks(
     probe_image: str | None = None,
     pids_limit: int | None = None,
     runtime: str = "",
+    agent_runtime: str = "",
 ) -> list[K8sCheck]:
     """Preflight for the Kubernetes backend. With probe_image, also start a labeled throwaway pod; with
     pids_limit (the sandbox's), also say what bounds a pod's processes on the nodes pods can land on; with
-    runtime (sandbox.runtime), also check its RuntimeClass exists (and run the probe pod under it)."""
+    runtime (sandbox.runtime), also check its RuntimeClass exists (and run the probe pod under it); with
+    agent_runtime (agent.runtime), whether its image is there, and the probe pod copies and mounts it."""
     where = "in-cluster config" if config.in_cluster else f"kubeconfig {config.kubeconfig or '(default)'}"
     try:
         backend = cast("KubernetesBackend", make_backend(config))
@@ -87,9 +90,46 @@ def k8s_checks(
         lines.append(K8sCheck("k8s runtime class", found.ok, found.detail))
         if not found.ok:
             return lines  # the probe pod would be refused for the same reason
+    if agent_runtime:
+        lines.append(_check_runtime(backend, agent_runtime, probe=bool(probe_image and permitted)))
+        if not lines[-1].ok:
+            agent_runtime = ""  # not built here (the probe would build it), or no probe
     if probe_image and permitted:
-        lines.append(_check_probe(backend, probe_image, runtime))
+        lines.append(_check_probe(backend, probe_image, runtime, agent_runtime))
     return lines
+
+
+def _check_runtime(backend: KubernetesBackend, name: str, *, probe: bool) -> K8sCheck:
+    """Where the pods get agent.runtime's image: this machine's daemon (build_with_docker), which is checked, or
+    the nodes' pull, which only a probe pod can check (no registry API is spoken here)."""
+    import docker
+
+    from harbor_ray.backends.docker.backend import DockerBackend
+    from harbor_ray.runtimes.recipes import runtime_tag
+
+    rec, ref = recipe(name), backend.runtime_image(name)
+    how = f"an init container copies it into each pod, mounted read-only at {rec.mount_path}"
+    if not backend.config.build_with_docker:
+        seen = "the probe pod below pulls it" if probe else "not checked (no registry API here; dryrun --pod does)"
+        fix = f"push {runtime_tag(rec)} as {ref} (python -m harbor_ray images build, then docker tag/push)"
+        return K8sCheck("k8s agent runtime", probe, f"{name}: nodes pull {ref}, {seen}; {how}", fix, not probe)
+    local = DockerBackend()
+    try:
+        size = local.client.images.get(runtime_tag(rec)).attrs.get("Size", 0) / 1e6
+    except docker.errors.ImageNotFound:
+        return K8sCheck(
+            "k8s agent runtime",
+            False,
+            f"{name} ({runtime_tag(rec)}) is not built on this machine's Docker (backend.build_with_docker)",
+            f"run python -m harbor_ray images build backend=k8s agent.runtime={name} (else the first pod builds it)",
+            True,
+        )
+    except Exception as e:  # the daemon itself: say so, the run would fail the same way
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return K8sCheck("k8s agent runtime", False, f"this machine's Docker: {first[:200]}", "start the daemon")
+    finally:
+        local.client.close()
+    return K8sCheck("k8s agent runtime", True, f"{name} present ({ref}, {size:.0f} MB) on this machine's Docker; {how}")
 
 
 def _check_namespace(backend: KubernetesBackend) -> K8sCheck:
@@ -176,22 +216,37 @@ def _check_pids_limit(backend: KubernetesBackend, pids_limit: int) -> K8sCheck:
 _PIDS_NODES = 8  # nodes asked for their kubelet config (a big pool's nodes share one config)
 
 
-def _check_probe(backend: KubernetesBackend, image: str, runtime: str = "") -> K8sCheck:
-    spec = SandboxSpec(run_label="harbor-ray-probe", image=image, cpus=0.1, memory_mb=64, ttl_s=120, runtime=runtime)
+def _check_probe(backend: KubernetesBackend, image: str, runtime: str = "", agent_runtime: str = "") -> K8sCheck:
+    spec = SandboxSpec(
+        run_label="harbor-ray-probe",
+        image=image,
+        cpus=0.1,
+        memory_mb=64,
+        ttl_s=120,
+        runtime=runtime,
+        agent_runtime=agent_runtime,
+    )
     started = time.monotonic()
     try:
         handle = backend.create(spec, backend.ensure_image(spec))
     except HarborRayError as e:
         return K8sCheck("k8s probe pod", False, str(e), "see the reason above (image, quota, node selector)")
+    # with an agent runtime: its launchers are found on PATH in the read-only copy
+    command = f"command -v {recipe(agent_runtime).launchers[0][0]}" if agent_runtime else "true"
     try:
-        result = backend.exec(handle, ["true"], timeout_s=30)
+        result = backend.exec(handle, command, timeout_s=30)
     except HarborRayError as e:
         return K8sCheck("k8s probe pod", False, f"exec failed: {e}", "check pods/exec permissions and the kubelet")
     finally:
         backend.destroy(handle)
     if result.return_code != 0:
-        return K8sCheck("k8s probe pod", False, f"`true` exited {result.return_code}", "check the image")
-    return K8sCheck("k8s probe pod", True, f"{image} running and exec ok in {time.monotonic() - started:.1f}s")
+        return K8sCheck("k8s probe pod", False, f"`{command}` exited {result.return_code}", "check the image")
+    with_runtime = f" with agent runtime {agent_runtime} copied and on PATH" if agent_runtime else ""
+    if runtime:
+        with_runtime += f" under runtime class {runtime}"
+    return K8sCheck(
+        "k8s probe pod", True, f"{image} running{with_runtime} and exec ok in {time.monotonic() - started:.1f}s"
+    )
 
 
 def checks(cfg: Config, *, pod: bool) -> list[Check]:
@@ -202,6 +257,7 @@ def checks(cfg: Config, *, pod: bool) -> list[Check]:
         probe_image=BUSYBOX_IMAGE if pod else None,
         pids_limit=cfg.sandbox.pids_limit,
         runtime=cfg.sandbox.runtime or cfg.backend.runtime_class_name,
+        agent_runtime=cfg.agent.runtime,
     )
     status = {True: "pass", False: "fail"}
     return [Check("warn" if c.warning else status[c.ok], c.detail, c.fix, c.name) for c in found]
