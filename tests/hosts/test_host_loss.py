@@ -82,7 +82,6 @@ async def test_a_host_lost_mid_batch_costs_only_its_trials(hosts, hosts_label, t
         assert not {r.sandbox for r in retries.values()} & set(on_daemon(h1, hosts_label))
         assert stats["hosts"]["h1"]["alive"] is False  # the pool stopped placing there
         assert stats["hosts"]["h1"]["used"] == 0
-        assert stats["failures"].get("SandboxGone", 0) + stats["failures"].get("ActorDiedError", 0) >= 0
 
         # h1 comes back: a new Ray node (the GCS declared the old one dead); the reaper removes what the lost
         # trials left on its daemon (their actors are dead), and the pool places there again

@@ -1,0 +1,64 @@
+"""`python -m harbor_ray dryrun` (a subprocess, as a user runs it) reports every host of a pool over three
+daemons: the TLS ones checked from the driver, each node's own daemon checked on that node; a host whose
+daemon is down fails on its own line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.hosts, pytest.mark.docker, pytest.mark.ray]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def dryrun(config: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "DOCKER_HOST", "DOCKER_CERT_PATH")}
+    env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run([sys.executable, "-m", "harbor_ray", "dryrun", "--json", "--config", str(config)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    return json.loads(done.stdout)
+
+
+def lines(report: dict) -> dict[str, str]:
+    return {c["name"]: c["status"] for c in report["checks"]}
+
+
+def test_dryrun_reports_every_host(hosts, hosts_label, tmp_path) -> None:
+    h1, h2 = hosts["h1"], hosts["h2"]
+    config = {
+        "run_label": hosts_label,
+        "ray": {"address": hosts.head_address},
+        "backend": {"kind": "docker", "tls": {"cert_path": str(hosts.client_certs)}},
+        # local: the head node's daemon; h1 over TLS from here; h2: its Ray node's own daemon, checked there
+        "pool": {"hosts": [hosts.local.node_entry(), h1.pool_entry(), h2.node_entry()], "max_sandboxes": 6},
+    }
+    path = tmp_path / "hosts.yaml"
+    path.write_text(yaml.safe_dump(config))
+    report = dryrun(path)
+    got = lines(report)
+    for host in ("local", "h1", "h2"):
+        for check in ("daemon ping", "base image", "probe container", "free slots"):
+            assert got[f"{host}: {check}"] == "pass", report
+    assert got["local: Ray node"] == got["h2: Ray node"] == "pass"
+    details = {c["name"]: c["detail"] for c in report["checks"]}
+    assert details["h1: daemon ping"].endswith(f"at {h1.tls_url}")
+    assert h2.address in details["h2: Ray node"]
+    assert details["h2: daemon ping"].endswith(f"at {h2.docker_url}")  # the node's own socket, not this one's
+    assert report["ok"] is True
+
+    h1.stop_docker()
+    try:
+        report = dryrun(path)
+    finally:
+        h1.start_docker()
+    got = lines(report)
+    assert got["h1: daemon ping"] == "fail"
+    assert got["h2: daemon ping"] == got["local: daemon ping"] == "pass"
+    assert report["ok"] is False
