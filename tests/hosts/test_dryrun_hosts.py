@@ -55,6 +55,7 @@ def test_dryrun_reports_every_host(hosts, hosts_label, tmp_path) -> None:
     assert h2.address in details["h2: Ray node"]
     assert details["h2: daemon ping"].endswith(f"at {h2.docker_url}")  # the node's own socket, not this one's
     assert report["ok"] is True
+    assert "pool.hosts" not in got  # every url entry has its node's labels
 
     h1.stop_docker()
     try:
@@ -65,3 +66,20 @@ def test_dryrun_reports_every_host(hosts, hosts_label, tmp_path) -> None:
     assert got["h1: daemon ping"] == "fail"
     assert got["h2: daemon ping"] == got["local: daemon ping"] == "pass"
     assert report["ok"] is False
+
+
+def test_dryrun_warns_when_url_hosts_can_take_a_node_local_hosts_units(hosts, hosts_label, tmp_path) -> None:
+    loose = {k: v for k, v in hosts["h1"].pool_entry().items() if k != "node_labels"}
+    config = {
+        "run_label": hosts_label,
+        "ray": {"address": hosts.head_address},
+        "backend": {"kind": "docker", "tls": {"cert_path": str(hosts.client_certs)}},
+        "pool": {"hosts": [hosts.local.node_entry(1000), loose], "sandbox_resource": "sandbox_slot"},
+    }
+    path = tmp_path / "loose.yaml"
+    path.write_text(yaml.safe_dump(config))
+    report = dryrun(path)
+    [line] = [c for c in report["checks"] if c["name"] == "pool.hosts"]
+    assert line["status"] == "warn"
+    assert line["detail"].startswith("url hosts h1 have no node_labels"), line
+    assert "local count on" in line["detail"]

@@ -37,7 +37,7 @@ def host_checks(cfg: Config) -> list[Check]:
         return [dataclasses.replace(fail(str(e)), name="pool.hosts")]
     if not cfg.pool.hosts and hosts:
         return []  # one host: the backend itself
-    lines: list[Check] = []
+    lines: list[Check] = _sharing(cfg, hosts)
     remote = [h for h in hosts if h.spread]
     for host in remote:
         lines += _prefixed(host.name, _daemon_checks(cfg, host.backend_config, host.slots))
@@ -45,6 +45,20 @@ def host_checks(cfg: Config) -> list[Check]:
     if node_local or not hosts:  # node-local daemons (pool.hosts with node labels, or one per node)
         lines += _on_nodes(cfg, node_local)
     return lines
+
+
+def _sharing(cfg: Config, hosts: list[Any]) -> list[Check]:
+    """A warning when url hosts' actors may run on the nodes of node-local hosts and take their resource units."""
+    loose = [h.name for h in hosts if h.spread and not h.selector]
+    pinned = [h.name for h in hosts if not h.spread]
+    if not (loose and pinned and cfg.pool.sandbox_resource):
+        return []
+    detail = (
+        f"url hosts {', '.join(loose)} have no node_labels: their actors spread over every node offering "
+        f"{cfg.pool.sandbox_resource} and take units that {', '.join(pinned)} count on (their starts then wait)"
+    )
+    fix = "give each url entry the node_labels of its daemon's machine (docs/pool.md, Hosts and slots)"
+    return [Check("warn", detail, fix, name="pool.hosts")]
 
 
 def _daemon_checks(cfg: Config, backend: Any, slots: int) -> list[Check]:
