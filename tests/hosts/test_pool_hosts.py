@@ -153,3 +153,34 @@ async def test_slots_warm_sandboxes_and_circuits_are_per_host(hosts, hosts_label
         await asyncio.gather(*(lease.release() for lease in back))
     finally:
         await pool.shutdown()
+
+
+def test_the_end_of_run_sweep_reaches_every_tls_host(hosts, hosts_label) -> None:
+    """After a Ctrl-C, `run` sweeps its own sandboxes by owner label: on the backend's daemon and, with
+    `pool.hosts`, on each remote daemon too (before, only the backend's). A host that is down does not stop it."""
+    from harbor_ray.backends.docker.backend import DockerBackend
+    from harbor_ray.harbor.runner import _sweep
+
+    cfg = load_config([f"run_label={hosts_label}"])
+    cfg.backend = tls_backend(hosts)
+    cfg.pool.hosts = hosts.pool_hosts()
+    owner = L.current_owner()
+    spec = SandboxSpec(run_label=hosts_label, image=BUSYBOX_IMAGE, cpus=0.2, memory_mb=64, ttl_s=600, owner=owner)
+    other = SandboxSpec(run_label=hosts_label, image=BUSYBOX_IMAGE, cpus=0.2, memory_mb=64, ttl_s=600, owner="x-1")
+    for host in hosts.remote:
+        backend = DockerBackend(cfg.backend.at_url(host.tls_url))
+        backend.create(spec, BUSYBOX_IMAGE)
+        backend.create(other, BUSYBOX_IMAGE)  # another run's, on the same label: kept
+    hosts["h2"].freeze_docker()  # h2 hangs: h1 is still swept
+    try:
+        cfg.backend.timeout_s = 5
+        _sweep(cfg, owner)
+    finally:
+        hosts["h2"].thaw_docker()
+    h1 = hosts["h1"].client().containers.list(all=True, filters={"label": f"{L.RUN}={hosts_label}"})
+    assert [c.labels[L.OWNER] for c in h1] == ["x-1"]
+    _sweep(cfg, owner)
+    h2 = hosts["h2"].client().containers.list(all=True, filters={"label": f"{L.RUN}={hosts_label}"})
+    assert [c.labels[L.OWNER] for c in h2] == ["x-1"]
+    for c in h1 + h2:
+        c.remove(force=True)
