@@ -184,3 +184,24 @@ def test_the_end_of_run_sweep_reaches_every_tls_host(hosts, hosts_label) -> None
     assert [c.labels[L.OWNER] for c in h2] == ["x-1"]
     for c in h1 + h2:
         c.remove(force=True)
+
+
+async def test_one_host_per_ray_node_without_pool_hosts(hosts, hosts_label) -> None:
+    """No `pool.hosts`: one host per node offering `sandbox_slot`, each its node's own daemon (DOCKER_HOST)."""
+    spec = SandboxSpec(run_label=hosts_label, image=BUSYBOX_IMAGE, cpus=0.2, memory_mb=64, ttl_s=600)
+    config = PoolConfig(name=f"nodes-{hosts_label}", sandbox_resource="sandbox_slot", max_sandboxes=6,
+                        reap_interval_s=0, keep_actors_s=0, health_interval_s=0)  # fmt: skip
+    pool = SandboxPool(DockerBackendConfig(), config, run_label=hosts_label)
+    try:
+        leases = [pool.lease(spec) for _ in range(6)]
+        sandboxes = await asyncio.gather(*(lease.acquire() for lease in leases))
+        by_node = {f"node-{h.node_id[:12]}": h for h in hosts.hosts.values()}
+        assert set((await pool.stats())["hosts"]) == set(by_node)
+        for sandbox in sandboxes:
+            host = by_node[sandbox.handle.labels[L.HOST]]
+            assert sandbox.handle.name in on_daemon(host, hosts_label)
+            assert sandbox.handle.host == host.docker_url
+        assert Counter(s.handle.labels[L.HOST] for s in sandboxes) == dict.fromkeys(by_node, 2)
+        await asyncio.gather(*(lease.release() for lease in leases))
+    finally:
+        await pool.shutdown()
