@@ -32,6 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from harbor_ray import labels as L
 from harbor_ray.backends import make_backend
 from harbor_ray.config import Config
+from harbor_ray.errors import HarborRayError
 from harbor_ray.harbor.environment import PoolContext, register_context, unregister_context
 from harbor_ray.harbor.outcome import INFRASTRUCTURE, Reason, reason_for
 from harbor_ray.harbor.report import (
@@ -285,15 +286,28 @@ async def run_trials(
 
 
 def _sweep(cfg: Config, owner: str) -> None:
-    """Remove any sandbox of this run and owner that is still there (after Ctrl-C or a crash).
+    """Remove any sandbox of this run and owner that is still there (after Ctrl-C or a crash), on the backend's
+    daemon and on every remote daemon of `pool.hosts` (a node's own daemon elsewhere is its reaper's).
 
     The owner (`<cluster id>-<job id>`, labels.current_owner) is unique across clusters, so another run's
     sandboxes on the same run_label are never taken (issue 13, item 1: job ids alone repeat).
     """
-    backend = make_backend(cfg.backend)
-    for handle in backend.list(L.selector(cfg.run_label, **{L.OWNER: owner})):
-        log.warning("removing leftover sandbox %s", handle.name)
-        backend.destroy(handle)
+    selector = L.selector(cfg.run_label, **{L.OWNER: owner})
+
+    def sweep(target: Any) -> None:
+        backend = make_backend(target)
+        for handle in backend.list(selector):
+            log.warning("removing leftover sandbox %s", handle.name)
+            backend.destroy(handle)
+
+    sweep(cfg.backend)
+    urls = [str(h.get("url") or "") for h in cfg.pool.hosts or [] if isinstance(h, dict)]
+    for url in dict.fromkeys(u for u in urls if u):
+        target = cfg.backend.at_url(url)  # type: ignore[union-attr]  # pool.hosts: Docker backends only
+        try:
+            sweep(target)
+        except HarborRayError as e:  # a host that is down: its sandboxes end at their TTL or its reaper's pass
+            log.warning("could not sweep %s: %s", url, e)
 
 
 class Interrupted(KeyboardInterrupt):

@@ -1,4 +1,4 @@
-"""The several-hosts tier: one `support.hosts.TestHosts` per session (two namespace hosts with their own
+"""The several-hosts tier: one `support.hosts.TestHosts` for the tier (two namespace hosts with their own
 dockerd and Ray node, and the head with the machine's daemon as host `local`), shared by every module.
 
 `hosts` (per test) puts this process's Ray driver back on the head when another tier's fixture moved it;
@@ -19,8 +19,9 @@ from harbor_ray import labels as L
 RUNSC = shutil.which("runsc") or "/usr/bin/runsc"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def test_hosts() -> Iterator[TestHosts]:
+    """Up for this tier's tests only: torn down (Ray driver disconnected too) before the next tier runs."""
     # gVisor's runsc registered on h2 when it is installed (the sandbox.runtime tests use it there)
     runtimes = {"h2": {"runsc": RUNSC}} if shutil.which("runsc") else {}
     with TestHosts(n=2, slots=2, local_slots=2, runtimes=runtimes) as hosts:

@@ -1,7 +1,7 @@
 """A host lost in the middle of a Harbor batch, and a host whose daemon is cut off while Ray still reaches it.
 
 Loss: h1 drops off the network (its veth goes down: its Ray node and its daemon are gone for everyone) while
-six trials nap, two on each host. Its two trials are recorded `sandbox_lost` and retried on the other hosts, the
+six trials nap (20 s), two on each host. Its two trials are recorded `sandbox_lost` and retried on the other hosts, the
 batch ends with reward 1 everywhere, the pool stops placing on h1 (its node is gone), nothing of the run is left
 on the surviving daemons, and once h1 is back (network restored, a new Ray node) the pool's reaper removes what
 the lost trials left on its daemon and leases go there again.
@@ -22,6 +22,7 @@ from support.waiting import eventually
 
 from harbor_ray import labels as L
 from harbor_ray.backends.base import SandboxSpec
+from harbor_ray.backends.docker.backend import DockerBackend
 from harbor_ray.backends.docker.config import DockerBackendConfig, TLSFiles
 from harbor_ray.backends.images import BUSYBOX_IMAGE
 from harbor_ray.config import PoolConfig, load_config
@@ -58,6 +59,11 @@ async def test_a_host_lost_mid_batch_costs_only_its_trials(hosts, hosts_label, t
     cfg.pool.hosts = [h.node_entry() for h in hosts.hosts.values()]
     pool = SandboxPool.from_config(cfg)
     h1 = hosts["h1"]
+    # the image on every daemon first, so that the six trials nap together (a daemon still building would
+    # start its two after the others woke up)
+    build = SandboxSpec(run_label=hosts_label, build_context=str(NAPPER / "environment"))
+    for host in hosts.hosts.values():
+        await asyncio.to_thread(DockerBackend(DockerBackendConfig(host=host.docker_url)).ensure_image, build)
     try:
         batch = asyncio.create_task(run_trials(cfg, pool=pool))
         await eventually(lambda: all(len(running(h, hosts_label)) == 2 for h in hosts.hosts.values()), "6 napping", 240)
@@ -82,7 +88,6 @@ async def test_a_host_lost_mid_batch_costs_only_its_trials(hosts, hosts_label, t
         assert not {r.sandbox for r in retries.values()} & set(on_daemon(h1, hosts_label))
         assert stats["hosts"]["h1"]["alive"] is False  # the pool stopped placing there
         assert stats["hosts"]["h1"]["used"] == 0
-        assert stats["failures"].get("SandboxGone", 0) + stats["failures"].get("ActorDiedError", 0) >= 0
 
         # h1 comes back: a new Ray node (the GCS declared the old one dead); the reaper removes what the lost
         # trials left on its daemon (their actors are dead), and the pool places there again

@@ -1,10 +1,12 @@
 """One pool over three daemons: the local one (the head node's) and two remote ones over mutual TLS, each its own
 dockerd in its own network namespace. Harbor's own Trial runs the batch; every claim is read back from the daemons
-themselves (their containers, their event streams), never from the pool's own account alone."""
+themselves (their containers, their event streams read live), never from the pool's own account alone."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,22 +28,51 @@ pytestmark = [pytest.mark.hosts, pytest.mark.docker, pytest.mark.ray, pytest.mar
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "tasks"
 
 
-def created(host: Any, label: str, since: float, until: float) -> dict[str, str]:
-    """Containers of `label` this host's daemon created in [since, until]: name -> their harbor-ray/host label."""
-    events = host.client().events(
-        since=int(since), until=int(until) + 1, decode=True,
-        filters={"type": "container", "event": "create", "label": f"{L.RUN}={label}"},
-    )  # fmt: skip
-    found = {e["Actor"]["Attributes"]["name"]: e["Actor"]["Attributes"].get(L.HOST, "") for e in events}
-    return {name: host for name, host in found.items() if name.startswith(f"{label}-")}  # not a build's steps
+class Events:
+    """Each daemon's container-create and image-tag events while the block runs, read live (a daemon keeps only
+    its last 256 events for later queries, and the machine's own daemon serves other runs too)."""
 
+    def __init__(self, hosts: TestHosts) -> None:
+        self.hosts = hosts
+        self.seen: dict[str, list[dict[str, Any]]] = {h: [] for h in hosts.hosts}
+        self._streams: list[Any] = []
+        self._threads: list[threading.Thread] = []
 
-def tags(host: Any, ref: str, since: float, until: float) -> int:
-    """How many times this host's daemon tagged `ref` (one per build) in [since, until]."""
-    events = host.client().events(
-        since=int(since), until=int(until) + 1, decode=True, filters={"type": "image", "event": "tag"}
-    )
-    return sum(e["Actor"]["Attributes"].get("name") == ref for e in events)
+    def __enter__(self) -> Events:
+        for name, host in self.hosts.hosts.items():
+            stream = host.client(timeout=3600).events(
+                decode=True, filters={"type": ["container", "image"], "event": ["create", "tag"]}
+            )
+            self._streams.append(stream)
+            thread = threading.Thread(target=self._read, args=(name, stream), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def _read(self, name: str, stream: Any) -> None:
+        with contextlib.suppress(Exception):  # ends when the stream is closed
+            for event in stream:
+                self.seen[name].append(event)
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(1)  # the last events in flight
+        for stream in self._streams:
+            stream.close()
+        for thread in self._threads:
+            thread.join(10)
+
+    def created(self, host: str, label: str) -> dict[str, str]:
+        """Containers of `label` the host's daemon created: name -> their harbor-ray/host label (not a build's)."""
+        found = {
+            e["Actor"]["Attributes"]["name"]: e["Actor"]["Attributes"].get(L.HOST, "")
+            for e in self.seen[host]
+            if e.get("Type") == "container" and e["Actor"]["Attributes"].get(L.RUN) == label
+        }
+        return {name: h for name, h in found.items() if name.startswith(f"{label}-")}
+
+    def tags(self, host: str, ref: str) -> int:
+        """How many times the host's daemon tagged `ref` (one per build)."""
+        return sum(e.get("Type") == "image" and e["Actor"]["Attributes"].get("name") == ref for e in self.seen[host])
 
 
 def has_image(host: Any, ref: str) -> bool:
@@ -77,12 +108,11 @@ async def test_a_batch_spreads_over_local_and_tls_daemons(hosts, hosts_label, tm
     cfg.pool.hosts = hosts.pool_hosts()  # local (the head node's daemon) + h1, h2 over TLS, 2 slots each
     images = {t.name: env_image_tag(t / "environment") for t in tasks}
     had = {(h.name, task): has_image(h, ref) for h in hosts.hosts.values() for task, ref in images.items()}
-    since = time.time()
-    records = await run_trials(cfg)
-    until = time.time()
+    with Events(hosts) as events:
+        records = await run_trials(cfg)
 
     assert [(r.reward, r.error) for r in records] == [(1.0, None)] * 6, [(r.error_message, r.sandbox) for r in records]
-    made = {h.name: created(h, hosts_label, since, until) for h in hosts.hosts.values()}
+    made = {h: events.created(h, hosts_label) for h in hosts.hosts}
     # each sandbox was created on exactly one daemon: the one of the host the pool put it on
     for host, sandboxes in made.items():
         assert set(sandboxes.values()) <= {host}, made
@@ -95,7 +125,7 @@ async def test_a_batch_spreads_over_local_and_tls_daemons(hosts, hosts_label, tm
         for task, ref in images.items():
             ran = any(ran_on.get(r.sandbox) == host.name for r in records if r.task == task)
             expected = 1 if ran and not had[(host.name, task)] else 0
-            assert tags(host, ref, since, until) == expected, (host.name, task)
+            assert events.tags(host.name, ref) == expected, (host.name, task)
             assert not ran or has_image(host, ref)
     for host in hosts.hosts.values():
         assert on_daemon(host, hosts_label) == []
@@ -151,5 +181,57 @@ async def test_slots_warm_sandboxes_and_circuits_are_per_host(hosts, hosts_label
         assert Counter(s.handle.labels[L.HOST] for s in got) == {"local": 2, "h1": 2, "h2": 2}
         assert (await pool.stats())["hosts"]["h2"]["circuit"]["state"] == "closed"
         await asyncio.gather(*(lease.release() for lease in back))
+    finally:
+        await pool.shutdown()
+
+
+def test_the_end_of_run_sweep_reaches_every_tls_host(hosts, hosts_label) -> None:
+    """After a Ctrl-C, `run` sweeps its own sandboxes by owner label: on the backend's daemon and, with
+    `pool.hosts`, on each remote daemon too (before, only the backend's). A host that is down does not stop it."""
+    from harbor_ray.backends.docker.backend import DockerBackend
+    from harbor_ray.harbor.runner import _sweep
+
+    cfg = load_config([f"run_label={hosts_label}"])
+    cfg.backend = tls_backend(hosts)
+    cfg.pool.hosts = hosts.pool_hosts()
+    owner = L.current_owner()
+    spec = SandboxSpec(run_label=hosts_label, image=BUSYBOX_IMAGE, cpus=0.2, memory_mb=64, ttl_s=600, owner=owner)
+    other = SandboxSpec(run_label=hosts_label, image=BUSYBOX_IMAGE, cpus=0.2, memory_mb=64, ttl_s=600, owner="x-1")
+    for host in hosts.remote:
+        backend = DockerBackend(cfg.backend.at_url(host.tls_url))
+        backend.create(spec, BUSYBOX_IMAGE)
+        backend.create(other, BUSYBOX_IMAGE)  # another run's, on the same label: kept
+    hosts["h2"].freeze_docker()  # h2 hangs: h1 is still swept
+    try:
+        cfg.backend.timeout_s = 5
+        _sweep(cfg, owner)
+    finally:
+        hosts["h2"].thaw_docker()
+    h1 = hosts["h1"].client().containers.list(all=True, filters={"label": f"{L.RUN}={hosts_label}"})
+    assert [c.labels[L.OWNER] for c in h1] == ["x-1"]
+    _sweep(cfg, owner)
+    h2 = hosts["h2"].client().containers.list(all=True, filters={"label": f"{L.RUN}={hosts_label}"})
+    assert [c.labels[L.OWNER] for c in h2] == ["x-1"]
+    for c in h1 + h2:
+        c.remove(force=True)
+
+
+async def test_one_host_per_ray_node_without_pool_hosts(hosts, hosts_label) -> None:
+    """No `pool.hosts`: one host per node offering `sandbox_slot`, each its node's own daemon (DOCKER_HOST)."""
+    spec = SandboxSpec(run_label=hosts_label, image=BUSYBOX_IMAGE, cpus=0.2, memory_mb=64, ttl_s=600)
+    config = PoolConfig(name=f"nodes-{hosts_label}", sandbox_resource="sandbox_slot", max_sandboxes=6,
+                        reap_interval_s=0, keep_actors_s=0, health_interval_s=0)  # fmt: skip
+    pool = SandboxPool(DockerBackendConfig(), config, run_label=hosts_label)
+    try:
+        leases = [pool.lease(spec) for _ in range(6)]
+        sandboxes = await asyncio.gather(*(lease.acquire() for lease in leases))
+        by_node = {f"node-{h.node_id[:12]}": h for h in hosts.hosts.values()}
+        assert set((await pool.stats())["hosts"]) == set(by_node)
+        for sandbox in sandboxes:
+            host = by_node[sandbox.handle.labels[L.HOST]]
+            assert sandbox.handle.name in on_daemon(host, hosts_label)
+            assert sandbox.handle.host == host.docker_url
+        assert Counter(s.handle.labels[L.HOST] for s in sandboxes) == dict.fromkeys(by_node, 2)
+        await asyncio.gather(*(lease.release() for lease in leases))
     finally:
         await pool.shutdown()

@@ -19,6 +19,7 @@ from harbor_ray.backends import entry, make_backend
 from harbor_ray.config import Config, load_config_explained
 from harbor_ray.errors import HarborRayError
 from harbor_ray.ops.args import add_config_args
+from harbor_ray.ops.dryrun.hosts import host_checks
 from harbor_ray.ops.dryrun.ray import RAY_CHECKS, RayProbe
 from harbor_ray.ops.dryrun.report import Check, CheckSpec, Report, ok, run_checks
 
@@ -50,6 +51,7 @@ def preflight(cfg: Config, *, pod: bool = False, reason: str = "") -> Report:
     report = Report(cfg.backend.kind, cfg.backend.target(), cfg.run_label, reason=reason)
     report.checks += backend_checks(cfg, pod=pod)
     report.checks += run_checks(RAY_CHECKS, RayProbe(cfg))
+    report.checks += host_checks(cfg)  # every host of the pool, when it has several
     return report
 
 

@@ -1,4 +1,4 @@
 #!/bin/bash
 # long enough for a host to be lost while this runs
-sleep 12
+sleep 20
 echo done > /app/out.txt
