@@ -12,18 +12,18 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from support.gvisor import runsc_wrapper
 from support.hosts import TestHosts
 
 from harbor_ray import labels as L
 
-RUNSC = shutil.which("runsc") or "/usr/bin/runsc"
-
 
 @pytest.fixture(scope="package")
-def test_hosts() -> Iterator[TestHosts]:
+def test_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestHosts]:
     """Up for this tier's tests only: torn down (Ray driver disconnected too) before the next tier runs."""
-    # gVisor's runsc registered on h2 when it is installed (the sandbox.runtime tests use it there)
-    runtimes = {"h2": {"runsc": RUNSC}} if shutil.which("runsc") else {}
+    # gVisor registered on h2's daemon when it is installed (test_gvisor.py), with the flags it needs here
+    wrapper = str(runsc_wrapper(tmp_path_factory.mktemp("runsc"))) if shutil.which("runsc") else ""
+    runtimes = {"h2": {"runsc": wrapper}} if wrapper else {}
     with TestHosts(n=2, slots=2, local_slots=2, runtimes=runtimes) as hosts:
         yield hosts
 

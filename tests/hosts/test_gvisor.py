@@ -1,5 +1,6 @@
-"""Harbor's own Trial under gVisor on a test host: `sandbox.runtime=runsc` on a daemon in host h2's network
-namespace that registers Debian's runsc (support.gvisor), its sandbox actors on h2's Ray node.
+"""Harbor's own Trial under gVisor on a test host: `sandbox.runtime=runsc` on host h2's own daemon, which registers
+Debian's runsc with the flags it needs here (support.gvisor.runsc_wrapper, tests/hosts/conftest.py), its sandbox
+actors on h2's Ray node.
 
 The kernel each sandbox sees says where it ran: under gVisor `uname -r` is 4.4.0 and dmesg starts with "Starting
 gVisor"; the same task with the default runtime, on h2's own daemon, sees this machine's kernel and cannot read
@@ -9,32 +10,18 @@ its log. Both score reward 1.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.gvisor import GVISOR_BANNER, GVISOR_UNAME, GvisorDockerd
+from support.gvisor import GVISOR_BANNER, GVISOR_UNAME
 from support.hosts import TestHosts
 
-from harbor_ray.backends.images import BASE_IMAGE, BUSYBOX_IMAGE
 from harbor_ray.config import load_config
 from harbor_ray.harbor.runner import run_trials
 
 pytestmark = [pytest.mark.hosts, pytest.mark.docker, pytest.mark.ray, pytest.mark.harbor, pytest.mark.slow]
 TASK = Path(__file__).resolve().parents[1] / "docker" / "tasks" / "kernel-report"
-HOST_KEY = "harbor-ray/host"
-
-
-@pytest.fixture(scope="module")
-def gvisor_on_h2(test_hosts: TestHosts) -> Iterator[GvisorDockerd]:
-    daemon = GvisorDockerd(ns=test_hosts["h2"].ns)
-    try:
-        daemon.start([BASE_IMAGE, BUSYBOX_IMAGE])
-        yield daemon
-    finally:
-        daemon.remove()
-    assert not daemon.root.exists(), f"{daemon.root} left behind"
 
 
 async def trial(hosts: TestHosts, label: str, jobs: Path, runtime: str, entry: dict[str, Any]) -> tuple[str, str]:
@@ -59,12 +46,13 @@ async def trial(hosts: TestHosts, label: str, jobs: Path, runtime: str, entry: d
     return (verifier / "uname.txt").read_text().strip(), (verifier / "dmesg.txt").read_text()
 
 
-async def test_a_trial_on_a_test_host_runs_under_gvisor(hosts, hosts_label, gvisor_on_h2, tmp_path) -> None:
-    on_gvisor = {"name": "h2-gvisor", "url": gvisor_on_h2.url, "node_labels": {HOST_KEY: "h2"}, "slots": 1}
-    uname, dmesg = await trial(hosts, hosts_label, tmp_path, "runsc", on_gvisor)
+async def test_a_trial_on_a_test_host_runs_under_gvisor(hosts, hosts_label, tmp_path) -> None:
+    h2 = hosts["h2"]
+    assert "runsc" in h2.client().info()["Runtimes"]
+    uname, dmesg = await trial(hosts, hosts_label, tmp_path, "runsc", h2.node_entry(1))
     assert uname == GVISOR_UNAME
     assert dmesg.startswith(f"[    0.000000] {GVISOR_BANNER}")
-    made = gvisor_on_h2.client().containers.list(all=True, filters={"label": f"harbor-run={hosts_label}"})
+    made = h2.client().containers.list(all=True, filters={"label": f"harbor-run={hosts_label}"})
     assert made == []  # removed at the trial's end
     uname, dmesg = await trial(hosts, hosts_label, tmp_path, "", hosts["h2"].node_entry(1))  # h2's own daemon
     assert uname == os.uname().release

@@ -2,7 +2,7 @@
 
     from support.hosts import TestHosts
 
-    with TestHosts(n=2, slots=2, local_slots=2, runtimes={"h2": {"runsc": "/usr/bin/runsc"}}) as hosts:
+    with TestHosts(n=2, slots=2, local_slots=2, runtimes={"h2": {"runsc": str(runsc_wrapper(d))}}) as hosts:
         hosts.connect()                       # ray.init on the head (root namespace, the bridge's address)
         h1 = hosts["h1"]                       # TestHost: address, docker_url (unix), tls_url (tcp://<addr>:2376)
         h1.client().containers.list()          # that host's own daemon
@@ -11,7 +11,7 @@
         h1.kill_raylet(); h1.start_ray()       # its Ray node dies (the GCS sees a lost node), and a new one joins
 
 Layout: the head node (root namespace, `harbor-ray/host=local`, the machine's main daemon, `local_slots`
-units of `sandbox_slot`) at the bridge's address; host `h<i>` in namespace `hrh-<id>-h<i>` at `10.213.N.(10+i)`
+units of `sandbox_slot`) at the bridge's address; host `h<i>` in namespace `hrh-<id>-h<i>` at `10.214.N.(10+i)`
 with its dockerd (unix socket and mutual TLS on :2376, `support.dockerd`) and a Ray node
 (`harbor-ray/host=h<i>`, `slots` units of `sandbox_slot`, metrics on :`METRICS_PORT`) whose processes have
 DOCKER_HOST at that daemon's socket, so a sandbox actor on it uses its own host's daemon.

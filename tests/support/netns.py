@@ -4,7 +4,8 @@ Every name carries the harness instance's id (`hrh` + 5 hex digits), so runs sid
 other's: bridge `hrhb<id>`, root-side veths `hrhv<id><i>`, namespaces `hrh-<id>-<name>`, and the root
 namespace's one iptables rule (commented `hrh-<id>`) that lets the bridge forward between namespaces (this
 machine's FORWARD policy is Docker's DROP, and br_netfilter sends bridged frames through it). The subnet is a
-free 10.213.N.0/24; the bridge is .1, host i is .(10 + i).
+free 10.214.N.0/24 (outside the sandbox networks' 10.213.0.0/16: a relay must reach host addresses); the
+bridge is .1, host i is .(10 + i).
 
 Enter a namespace with `nsenter --net=/var/run/netns/<name>`, never `ip netns exec` (that remounts /sys
 and hides the cgroup mounts dockerd needs).
@@ -160,10 +161,10 @@ def _allocation_lock():  # type: ignore[no-untyped-def]
 
 
 def _free_subnet() -> str:
-    """A 10.213.N prefix no address or route on this machine uses yet."""
+    """A 10.214.N prefix no address or route on this machine uses yet."""
     used = run("ip", "-4", "addr", check=False).stdout + run("ip", "-4", "route", check=False).stdout
     for n in random.sample(range(256), 256):
-        if f"10.213.{n}." not in used:
-            return f"10.213.{n}"
-    msg = "no free 10.213.N.0/24 subnet for the test hosts' bridge"
+        if f"10.214.{n}." not in used:
+            return f"10.214.{n}"
+    msg = "no free 10.214.N.0/24 subnet for the test hosts' bridge"
     raise HarnessError(msg)
