@@ -46,7 +46,8 @@ HOLDER_IMAGE = BASE_IMAGE  # has sleep; built by `python -m harbor_ray images`
 STOCK_LIFE_S = 600  # a stock holder older than this is not claimed (it must outlive its sandbox's TTL) but swept
 CLAIM_GRACE_S = 120  # a claimed holder may wait this long for its sandbox's container
 _LIFE_MARGIN_S = 60  # a holder sleeps TTL + STOCK_LIFE_S + this: past the TTL of any sandbox that claims it
-_SEND_S = 0.02
+_SEND_S = 0.001  # requests sent, not waited for: the daemon carries through what it has read
+_REFILL_DELAY_S = 1.0
 _MAKER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="harbor-ray-holder-stock")
 _HOLDERS: weakref.WeakKeyDictionary[Any, Holders] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
@@ -87,8 +88,6 @@ class Holders:
 
     def __init__(self, client: Any) -> None:
         self.client = client
-        self._refilling: set[str] = set()
-        self._lock = threading.Lock()
 
     def take(
         self, sandbox: str, sandbox_labels: dict[str, str], endpoints: list[Endpoint], ttl_s: int, stock: int
@@ -98,8 +97,8 @@ class Holders:
         holder = self._claim(run, key, endpoints, ttl_s) if stock > 0 else None
         if holder is None:
             holder = self.make(f"{sandbox}-net", sandbox_labels, endpoints, ttl_s)
-        if stock > 0:
-            self._refill_later(key, sandbox_labels, endpoints, ttl_s, stock)
+        if stock > 0:  # one more made in the background for each taken, while the stock is below its size
+            _MAKER.submit(self._refill, key, dict(sandbox_labels), endpoints, ttl_s, stock)
         _maybe_sweep(self.client, run)
         return holder
 
@@ -207,27 +206,16 @@ class Holders:
             return Holder(c["Id"], held, labels[L.EGRESS_NET], relays, places, run, int(ttl_s))
         return None
 
-    def _refill_later(
-        self, key: str, sandbox_labels: dict[str, str], endpoints: list[Endpoint], ttl_s: int, stock: int
-    ) -> None:
-        with self._lock:
-            if key in self._refilling:
-                return  # one maker per process and key at a time: a burst's claims do not pile up makers
-            self._refilling.add(key)
-        _MAKER.submit(self._refill, key, dict(sandbox_labels), endpoints, ttl_s, stock)
-
     def _refill(
         self, key: str, sandbox_labels: dict[str, str], endpoints: list[Endpoint], ttl_s: int, stock: int
     ) -> None:
         run = sandbox_labels[L.RUN]
+        time.sleep(_REFILL_DELAY_S)  # after the burst this take is part of, not competing with its creates
         try:
-            while len(self._stock(run, key)) < stock:
+            if len(self._stock(run, key)) < stock:
                 self.make(f"{run}-stock-{key}-{uuid.uuid4().hex[:8]}", sandbox_labels, endpoints, ttl_s)
         except Exception as e:
             log.warning("network holder stock of %s not refilled: %s", run, first_line(e))
-        finally:
-            with self._lock:
-                self._refilling.discard(key)
 
     def _stock(self, run: str, key: str) -> list[dict[str, Any]]:
         prefix = f"/{run}-stock-{key}-"
@@ -238,11 +226,12 @@ class Holders:
 
 
 def release(client: Any, holder: str, network: str, relays: list[str]) -> None:
-    """Once the sandbox's container is gone: have the daemon take the relays off, remove the holder, then its
-    network; sent, not waited for (the daemon finishes what it has read; a crash's leftovers are swept)."""
+    """Once the sandbox's container is gone: have the daemon take the relays off and remove the holder (sent,
+    not waited for: the daemon finishes what it has read), then the network in the background (a process that
+    ends first leaves it to the next sweep: its holder is gone)."""
     N.unplug(client, network, relays)
     N.send(client, "delete", client.api._url("/containers/{0}", holder), _SEND_S, params={"force": True})
-    N.drop(client, network)
+    N.drop_later(client, network)  # refused until the holder is gone: a thread waits for that
 
 
 def drain(client: Any, prefix: str) -> list[str]:

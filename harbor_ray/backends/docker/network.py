@@ -39,6 +39,7 @@ __all__ = [
     "clean_networks",
     "create_egress",
     "drop",
+    "drop_later",
     "host_address",
     "remove_container",
     "remove_egress",
@@ -218,6 +219,11 @@ def drop(client: Any, network: str) -> None:
     if answer in (200, 204, 404):
         return
     _REMOVER.submit(_remove_quietly, client, network)  # refused, or still under way: make sure it goes
+
+
+def drop_later(client: Any, network: str) -> None:
+    """Remove a network in the background, once nothing is on it any more (or leave it to a sweep)."""
+    _REMOVER.submit(_remove_quietly, client, network)
 
 
 def send(client: Any, method: str, url: str, read_timeout_s: float, **kwargs: Any) -> int | None:
