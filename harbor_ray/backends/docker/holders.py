@@ -12,11 +12,11 @@ Each daemon keeps a small stock of ready holders per run and endpoint set (`back
 claims one with the daemon's container rename as the lock: `<run>-stock-<key>-<id>` becomes
 `<run>-held-<key>-<id>`, a name only one claimant can give it (the daemon renames under the container's lock and
 refuses a rename to the current name; the old name is then gone, 404). The sandbox joins it, is labeled with
-its id, and the holder is renamed `<sandbox>-net`. A start with the stock empty makes a holder on the spot
-(never a failure for lack of stock); every claim has one more made in the background when the stock is below
-its size. A holder is never given to a second sandbox: `destroy` removes it with its network (sent, not waited
-for). What a crash leaves is swept (`sweep`): stock whose maker ended or that is too old to claim, claimed
-holders whose sandbox is gone.
+its id, and once it runs the holder is renamed `<sandbox>-net`. A start with the stock empty makes a holder on
+the spot, named as a claimed one (never a failure for lack of stock). Each claim has one more made in the
+background a second later while the stock is below its size. A holder is never given to a second sandbox:
+`destroy` removes it with its network (sent, not waited for). What a crash leaves is swept (`sweep`): stock
+whose maker ended or too old to claim, holders whose sandbox is gone.
 """
 
 from __future__ import annotations
@@ -95,8 +95,8 @@ class Holders:
         """A holder for `sandbox`: claimed from the stock, else made now; the stock is topped up after."""
         run, key = sandbox_labels[L.RUN], holder_key(endpoints, ttl_s)
         holder = self._claim(run, key, endpoints, ttl_s) if stock > 0 else None
-        if holder is None:
-            holder = self.make(f"{sandbox}-net", sandbox_labels, endpoints, ttl_s)
+        if holder is None:  # named as a claimed one: `settle` renames it for its sandbox once that runs
+            holder = self.make(f"{run}-held-{key}-{uuid.uuid4().hex[:8]}", sandbox_labels, endpoints, ttl_s)
         if stock > 0:  # one more made in the background for each taken, while the stock is below its size
             _MAKER.submit(self._refill, key, dict(sandbox_labels), endpoints, ttl_s, stock)
         _maybe_sweep(self.client, run)
@@ -206,16 +206,26 @@ class Holders:
             return Holder(c["Id"], held, labels[L.EGRESS_NET], relays, places, run, int(ttl_s))
         return None
 
+    def fill(
+        self, sandbox_labels: dict[str, str], endpoints: list[Endpoint], ttl_s: int, stock: int, at_most: int = 0
+    ) -> int:
+        """Make stock holders for these sandboxes until the daemon has `stock` of them (at most `at_most` when
+        given): before a first burst, or after claims. How many were made."""
+        run, key = sandbox_labels[L.RUN], holder_key(endpoints, ttl_s)
+        made = 0
+        while len(self._stock(run, key)) < stock and (not at_most or made < at_most):
+            self.make(f"{run}-stock-{key}-{uuid.uuid4().hex[:8]}", sandbox_labels, endpoints, ttl_s)
+            made += 1
+        return made
+
     def _refill(
         self, key: str, sandbox_labels: dict[str, str], endpoints: list[Endpoint], ttl_s: int, stock: int
     ) -> None:
-        run = sandbox_labels[L.RUN]
         time.sleep(_REFILL_DELAY_S)  # after the burst this take is part of, not competing with its creates
         try:
-            if len(self._stock(run, key)) < stock:
-                self.make(f"{run}-stock-{key}-{uuid.uuid4().hex[:8]}", sandbox_labels, endpoints, ttl_s)
+            self.fill(sandbox_labels, endpoints, ttl_s, stock, at_most=1)
         except Exception as e:
-            log.warning("network holder stock of %s not refilled: %s", run, first_line(e))
+            log.warning("network holder stock of %s not refilled: %s", sandbox_labels[L.RUN], first_line(e))
 
     def _stock(self, run: str, key: str) -> list[dict[str, Any]]:
         prefix = f"/{run}-stock-{key}-"
@@ -297,7 +307,7 @@ def _sweep_quietly(client: Any, run: str) -> None:
 
 def orphans(client: Any, prefix: str, grace_s: float = CLAIM_GRACE_S) -> list[dict[str, Any]]:
     """The holders of run `prefix` that serve no sandbox and never will: stock whose maker ended or too old to
-    be claimed, claimed holders whose sandbox is gone (past a grace for the sandbox's start)."""
+    be claimed, holders whose sandbox ran and is gone, holders claimed long ago for a sandbox that never came."""
     run = f"{L.RUN}={prefix}"
     every = client.api.containers(all=True, filters={"label": [run]})
     served = {(c.get("Labels") or {}).get(L.HOLDER) for c in every}
@@ -310,10 +320,10 @@ def orphans(client: Any, prefix: str, grace_s: float = CLAIM_GRACE_S) -> list[di
         gone = L.process_gone(labels.get(L.PROCESS, ""))
         if name.startswith(f"{prefix}-stock-"):
             lost = gone or age > STOCK_LIFE_S + grace_s
-        elif name.startswith(f"{prefix}-held-"):  # claimed, its sandbox not (yet) started
-            lost = age > STOCK_LIFE_S + 2 * grace_s
-        else:  # `<sandbox>-net`: made on the spot for a sandbox still starting, or renamed once it ran
-            lost = gone or age > grace_s
+        elif name.startswith(f"{prefix}-held-"):  # claimed (or made) for a sandbox not started yet
+            lost = age > STOCK_LIFE_S + 2 * grace_s  # its claimant's process is known to no label: wait
+        else:  # `<sandbox>-net`: renamed once its sandbox ran, which is gone
+            lost = True
         if lost:
             found.append(c)
     return found
