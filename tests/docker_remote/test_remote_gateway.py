@@ -16,6 +16,7 @@ import pytest
 
 from harbor_ray import labels as L
 from harbor_ray.backends.base import SandboxSpec
+from harbor_ray.backends.docker import holders as H
 from harbor_ray.backends.docker import network as N
 from harbor_ray.backends.docker.backend import DockerBackend
 from harbor_ray.backends.docker.config import DockerBackendConfig
@@ -60,6 +61,13 @@ def test_gateway_through_a_tls_daemon_shares_one_relay_and_leaves_nothing(
     finally:
         for handle in handles:
             backend.destroy(handle)
+    # each start had one stock holder made after it (through TLS too): they outlive the sandboxes by design
+    holders = {"label": [f"{L.RUN}={run_label}", f"{L.KIND}=holder"]}
+    deadline = time.monotonic() + 30
+    while len(backend.client.api.containers(filters=holders)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all("-stock-" in c["Names"][0] for c in backend.client.api.containers(all=True, filters=holders))
+    assert len(H.drain(backend.client, run_label)) == 2  # what a run's end does
     deadline = time.monotonic() + 10
     while backend.client.api.networks(filters={"label": f"{L.RUN}={run_label}"}) and time.monotonic() < deadline:
         time.sleep(0.1)
