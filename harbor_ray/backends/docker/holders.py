@@ -256,12 +256,20 @@ def drain(client: Any, prefix: str) -> list[str]:
 
 
 def _discard(client: Any, c: dict[str, Any]) -> None:
-    """Remove a listed holder, then its network, waiting for both."""
-    labels = c.get("Labels") or {}
-    network = labels.get(L.EGRESS_NET, "")
-    if network:
-        N.unplug(client, network, [r for r in labels.get(L.RELAYS, "").split(",") if r])
-    _remove(client, c["Id"])
+    """Remove a listed holder by the name it was listed with, then its network (its relays taken off), waiting
+    for both. A holder renamed meanwhile (claimed by a start) is left, and its network with it."""
+    import docker.errors
+
+    name = (c.get("Names") or ["/"])[0].lstrip("/")
+    try:
+        client.api.remove_container(name, force=True)
+    except docker.errors.NotFound:
+        return  # claimed (renamed) since it was listed, or gone
+    except docker.errors.APIError as e:
+        if e.status_code != 409:  # 409: its removal is already under way
+            raise
+    _remove(client, c["Id"])  # wait until it is gone
+    network = (c.get("Labels") or {}).get(L.EGRESS_NET, "")
     if network:
         N.remove_egress(client, network)
 
