@@ -236,12 +236,13 @@ class Holders:
 
 
 def release(client: Any, holder: str, network: str, relays: list[str]) -> None:
-    """Once the sandbox's container is gone: have the daemon take the relays off and remove the holder (sent,
-    not waited for: the daemon finishes what it has read), then the network in the background (a process that
-    ends first leaves it to the next sweep: its holder is gone)."""
-    N.unplug(client, network, relays)
+    """Once the sandbox's container is gone: have the daemon remove the holder (sent, not waited for: the daemon
+    finishes what it has read), then take the relays off the network and remove it in the background (a process
+    that ends first leaves the network, joined by the relays, to the next sweep: its holder is gone). `relays`:
+    unused, the network's own listing says which relays are on it."""
     N.send(client, "delete", client.api._url("/containers/{0}", holder), _SEND_S, params={"force": True})
-    N.drop_later(client, network)  # refused until the holder is gone: a thread waits for that
+    # the relays are taken off and the network removed once the holder is gone, by a thread (or the next sweep)
+    N.drop_later(client, network)
 
 
 def drain(client: Any, prefix: str) -> list[str]:
