@@ -113,6 +113,7 @@ def _wait(what: str, ok: object, timeout_s: float = 30) -> None:
 @pytest.fixture
 def nothing_left(backend: DockerBackend, run_label: str) -> Iterator[None]:
     yield
+    assert H.refills_done(60)  # this process's refills (one per start, a second later) are over
     H.drain(backend.client, run_label)  # the stock outlives its sandboxes by design; a run's end drains it
 
     def gone() -> bool:
@@ -260,7 +261,8 @@ def test_the_sweep_takes_stock_of_ended_processes_and_holders_of_lost_sandboxes(
         assert _reaches_gateway(backend, alive)
     finally:
         backend.destroy(alive)
-    H.drain(backend.client, run_label)  # this process's refill, if it came
+    assert H.refills_done(60)
+    H.drain(backend.client, run_label)  # this process's refill
     _wait("nothing of the run is left", lambda: not backend.client.api.networks(
         filters={"label": f"{L.RUN}={run_label}"}
     ) and not _holders(backend, run_label), 15)  # fmt: skip

@@ -55,6 +55,35 @@ _LAST_SWEEP: dict[tuple[int, str], float] = {}
 _SWEEP_EVERY_S = 60.0
 
 
+class _Pending:
+    """How many refills this process has queued or running (`refills_done` waits for none)."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = threading.Condition()
+
+    def acquire(self) -> None:
+        with self._idle:
+            self._count += 1
+
+    def release(self) -> None:
+        with self._idle:
+            self._count -= 1
+            self._idle.notify_all()
+
+    def wait(self, timeout_s: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._count == 0, timeout_s)
+
+
+_PENDING = _Pending()
+
+
+def refills_done(timeout_s: float = 60) -> bool:
+    """Wait until this process's stock refills are over (before draining a run's stock); False on timeout."""
+    return _PENDING.wait(timeout_s)
+
+
 def holder_key(endpoints: list[Endpoint], ttl_s: int) -> str:
     """Which sandboxes a holder serves: the same endpoints (names and targets, in order) and TTL."""
     text = "|".join(f"{e.name}={e.host}:{e.port}" for e in endpoints) + f"|{int(ttl_s)}"
@@ -98,6 +127,7 @@ class Holders:
         if holder is None:  # named as a claimed one: `settle` renames it for its sandbox once that runs
             holder = self.make(f"{run}-held-{key}-{uuid.uuid4().hex[:8]}", sandbox_labels, endpoints, ttl_s)
         if stock > 0:  # one more made in the background for each taken, while the stock is below its size
+            _PENDING.acquire()
             _MAKER.submit(self._refill, key, dict(sandbox_labels), endpoints, ttl_s, stock)
         _maybe_sweep(self.client, run)
         return holder
@@ -221,11 +251,13 @@ class Holders:
     def _refill(
         self, key: str, sandbox_labels: dict[str, str], endpoints: list[Endpoint], ttl_s: int, stock: int
     ) -> None:
-        time.sleep(_REFILL_DELAY_S)  # after the burst this take is part of, not competing with its creates
         try:
+            time.sleep(_REFILL_DELAY_S)  # after the burst this take is part of, not competing with its creates
             self.fill(sandbox_labels, endpoints, ttl_s, stock, at_most=1)
         except Exception as e:
             log.warning("network holder stock of %s not refilled: %s", sandbox_labels[L.RUN], first_line(e))
+        finally:
+            _PENDING.release()
 
     def _stock(self, run: str, key: str) -> list[dict[str, Any]]:
         prefix = f"/{run}-stock-{key}-"
@@ -361,4 +393,4 @@ def sweep(client: Any, prefix: str, *, dry_run: bool = False, grace_s: float | N
     return sorted(swept) + networks
 
 
-__all__ = ["Holder", "Holders", "drain", "holder_key", "holders_of", "orphans", "release", "sweep"]
+__all__ = ["Holder", "Holders", "drain", "holder_key", "holders_of", "orphans", "refills_done", "release", "sweep"]
