@@ -1,7 +1,8 @@
 """A burst of N cold leases through the pool vs the raw docker SDK doing the same N create+start, interleaved.
 
     scripts/python bench/burst.py [--n 100] [--rounds 3] [--concurrency 8] [--prestart]
-    scripts/python bench/burst.py --gateway [--n 8] [--rounds 6] [--concurrency 4]   ("gateway only" vs none)
+    scripts/python bench/burst.py --gateway [--n 8] [--rounds 6] [--concurrency 4] [--holder-stock K]
+                                                                          ("gateway only" vs none)
 
 Each round runs the raw burst and the pool burst (order alternating): N container create+start with
 `--concurrency` threads (the same hardening options as the Docker backend) against N leases at once through
@@ -121,16 +122,30 @@ async def pool_round(pool: SandboxPool, spec: SandboxSpec, n: int, concurrency: 
     return {"burst": started, "exec_all": exec_all, "release": released, "uss": uss}
 
 
+async def stock_ready(client: docker.DockerClient, label: str, size: int, timeout_s: float = 60) -> float:
+    """Wait until the daemon's stock of ready network holders of the run is back to `size`; seconds waited."""
+    t = time.perf_counter()
+    while time.perf_counter() - t < timeout_s:
+        found = client.api.containers(filters={"label": [f"harbor-run={label}", "harbor-ray/kind=holder"]})
+        if sum(1 for c in found if "-stock-" in c["Names"][0]) >= size:
+            break
+        await asyncio.sleep(0.1)
+    return time.perf_counter() - t
+
+
 async def gateway_main(
     args: argparse.Namespace, client: docker.DockerClient, label: str, pool: SandboxPool, plain: SandboxSpec
 ) -> None:
-    """`--gateway`: the same pool bursts of N leases, "gateway only" sandboxes (each its own network, joined by
-    the shared relay, docs/network.md) against sandboxes without network, interleaved (A B, B A, ...), after
-    one burst of each that starts the N actor processes and the relay. Prints `gateway_create_ratio` (all
-    leased) and `gateway_destroy_ratio` (all released), medians over the rounds, with the absolute medians
-    per burst and per sandbox (ms); the issue's target is 1.3 for both."""
+    """`--gateway`: the same pool bursts of N leases, "gateway only" sandboxes (each in a network holder's
+    namespace from the daemon's stock of `--holder-stock`, default N; docs/network.md) against sandboxes without
+    network, interleaved (A B, B A, ...), after one burst of each that starts the N actor processes and the
+    relay. After each gateway round the stock's background refill is waited for (`stock_refill_s`), so that it
+    does not run during the next round; a step of RL training between two bursts leaves it that long. Prints
+    `gateway_create_ratio` (all leased) and `gateway_destroy_ratio` (all released), medians over the rounds,
+    with the absolute medians per burst and per sandbox (ms); the issue's target is 1.3 for both."""
     import socket
 
+    from harbor_ray.backends.docker.holders import sweep
     from harbor_ray.backends.docker.network import clean_networks, host_address
 
     listener = socket.create_server((host_address(client), 0))  # a gateway address that answers
@@ -139,17 +154,22 @@ async def gateway_main(
     relays = 0
     try:
         await pool_round(pool, plain, args.n, args.concurrency)  # warm-up: N actor processes, kept for reuse
-        await pool_round(pool, gated, args.n, args.concurrency)  # and the relay's start
+        await pool_round(pool, gated, args.n, args.concurrency)  # and the relay's start, the first stock
+        await stock_ready(client, label, args.holder_stock)
         for i in range(args.rounds):
             for which in ("plain", "gateway") if i % 2 == 0 else ("gateway", "plain"):
                 spec = plain if which == "plain" else gated
                 runs[which].append(await pool_round(pool, spec, args.n, args.concurrency))
+                if which == "gateway":  # the stock's refill runs now, not during the next (plain) round
+                    runs[which][-1]["refill_s"] = await stock_ready(client, label, args.holder_stock)
         relays = len(client.api.containers(filters={"label": [f"harbor-run={label}", "harbor-ray/kind=relay"]}))
     finally:
         listener.close()
         await pool.shutdown()
         ray.shutdown()
-    time.sleep(1)  # the daemon finishes the last networks' removals it was sent
+    time.sleep(1)  # the daemon finishes the last holders' and networks' removals it was sent
+    # the stock of ready holders outlives the actors that made it; their makers gone, a sweep takes it at once
+    stock_swept = [n for n in sweep(client, label) if "-stock-" in n]
     leftovers = client.containers.list(all=True, filters={"label": f"harbor-run={label}"})
     networks = client.networks.list(filters={"label": f"harbor-run={label}"})
     left = [c.name for c in leftovers if c.labels.get("harbor-ray/kind") != "relay"] + [n.name for n in networks]
@@ -178,11 +198,14 @@ async def gateway_main(
                     "plain": per_sandbox_ms("plain", "release"),
                     "gateway": per_sandbox_ms("gateway", "release"),
                 },
+                "stock_refill_s": [round(r.get("refill_s", 0), 2) for r in runs["gateway"]],
                 "gateway_burst_s": [round(r["burst"], 2) for r in runs["gateway"]],
                 "plain_burst_s": [round(r["burst"], 2) for r in runs["plain"]],
                 "gateway_release_s": [round(r["release"], 2) for r in runs["gateway"]],
                 "plain_release_s": [round(r["release"], 2) for r in runs["plain"]],
                 "relays": relays,
+                "holder_stock": args.holder_stock,
+                "stock_swept_after": len(stock_swept),
                 "leftovers": left,
                 "relay_cleaned": [name for kind, name in cleaned if kind == "relay"],
                 "load": [round(x, 2) for x in os.getloadavg()],
@@ -200,13 +223,17 @@ async def main() -> None:
     parser.add_argument(
         "--gateway", action="store_true", help="gateway-only sandboxes vs sandboxes without network, both via the pool"
     )
+    parser.add_argument(
+        "--holder-stock", type=int, default=-1, help="backend.holder_stock for --gateway (default: N, a burst's size)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     client = docker.from_env(timeout=300)
     label = f"bench-{uuid.uuid4().hex[:8]}"
-    backend = DockerBackendConfig(slots=args.n, max_concurrent_creates=args.concurrency)
+    args.holder_stock = args.n if args.holder_stock < 0 else args.holder_stock
+    backend = DockerBackendConfig(slots=args.n, max_concurrent_creates=args.concurrency, holder_stock=args.holder_stock)
     config = PoolConfig(
         name=label,
         max_sandboxes=args.n,

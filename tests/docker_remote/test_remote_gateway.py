@@ -16,6 +16,7 @@ import pytest
 
 from harbor_ray import labels as L
 from harbor_ray.backends.base import SandboxSpec
+from harbor_ray.backends.docker import holders as H
 from harbor_ray.backends.docker import network as N
 from harbor_ray.backends.docker.backend import DockerBackend
 from harbor_ray.backends.docker.config import DockerBackendConfig
@@ -60,6 +61,17 @@ def test_gateway_through_a_tls_daemon_shares_one_relay_and_leaves_nothing(
     finally:
         for handle in handles:
             backend.destroy(handle)
+    # each start had one stock holder made after it (through TLS too): they outlive the sandboxes by design
+    holders = {"label": [f"{L.RUN}={run_label}", f"{L.KIND}=holder"]}
+    deadline = time.monotonic() + 30  # the sandboxes' own holders go (removals sent), the two stock ones come
+    while time.monotonic() < deadline:
+        names = [c["Names"][0] for c in backend.client.api.containers(all=True, filters=holders)]
+        if len(names) == 2 and all("-stock-" in name for name in names):
+            break
+        time.sleep(0.1)
+    assert len(names) == 2, names
+    assert all("-stock-" in name for name in names), names
+    assert len(H.drain(backend.client, run_label)) == 2  # what a run's end does
     deadline = time.monotonic() + 10
     while backend.client.api.networks(filters={"label": f"{L.RUN}={run_label}"}) and time.monotonic() < deadline:
         time.sleep(0.1)
