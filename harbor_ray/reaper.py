@@ -135,6 +135,12 @@ def reap(backend: Backend, prefix: str, *, now: float | None = None, dry_run: bo
             continue
         log.info("reaper: removed %s (%s)", handle.name, reason)
         removed.append(handle.name)
+    sweep = getattr(backend, "sweep_networks", None)  # Docker: sandbox networks whose sandbox is gone
+    if sweep is not None:
+        try:
+            sweep(prefix, dry_run=dry_run)
+        except Exception as e:  # a sweep is housekeeping: the sandboxes' reaping stands
+            log.warning("reaper: network sweep of %s failed: %s", prefix, e)
     return removed
 
 

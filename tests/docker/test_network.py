@@ -10,7 +10,9 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
@@ -84,11 +86,25 @@ def other_port() -> Iterator[int]:
     yield from _serve("0.0.0.0", b"must-not-be-reached")
 
 
+def _networks_of_run(backend: DockerBackend, run_label: str, wait_s: float = 10) -> list[str]:
+    """The run's networks, after waiting up to `wait_s` for the background removals of destroyed sandboxes."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = [n["Name"] for n in backend.client.api.networks(filters={"label": f"{L.RUN}={run_label}"})]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
+
+
+def _relays(backend: DockerBackend, run_label: str) -> list[dict]:
+    return backend.client.api.containers(all=True, filters={"label": [f"{L.RUN}={run_label}", f"{L.KIND}=relay"]})
+
+
 @pytest.fixture
 def no_networks_left(backend: DockerBackend, run_label: str) -> Iterator[None]:
     yield
-    left = backend.client.api.networks(filters={"label": f"{L.RUN}={run_label}"})
-    assert not left, f"networks labeled {L.RUN}={run_label} left: {[n['Name'] for n in left]}"
+    left = _networks_of_run(backend, run_label)
+    assert not left, f"networks labeled {L.RUN}={run_label} left: {left}"
 
 
 def _host_ipv4s() -> list[str]:
@@ -121,9 +137,9 @@ def test_sandbox_reaches_the_gateway_and_nothing_else(
         assert _get(backend, handle, f"os.environ[{GATEWAY_URL_ENV!r}]") == "gateway-says-hi"
         assert _get(backend, handle, f"'http://{GATEWAY_HOSTNAME}:{gateway_port}/v1/models'") == "gateway-says-hi"
         resolve = f"import socket; print(socket.gethostbyname({GATEWAY_HOSTNAME!r}))"
-        forwarder = backend.exec(handle, ["python3", "-c", resolve]).stdout.strip()
+        relay = backend.exec(handle, ["python3", "-c", resolve]).stdout.strip()
         targets = [f"{ip}:{port}" for ip in _host_ipv4s() for port in (gateway_port, other_port)]
-        targets += [f"{forwarder}:{other_port}", f"{forwarder}:22", "1.1.1.1:443", "8.8.8.8:53"]
+        targets += [f"{relay}:{other_port}", f"{relay}:22", "1.1.1.1:443", "8.8.8.8:53"]
         reached = _probe(backend, handle, targets)
         assert set(reached) == set(targets)
         assert {t: r for t, r in reached.items() if r == "open"} == {}
@@ -131,13 +147,15 @@ def test_sandbox_reaches_the_gateway_and_nothing_else(
         assert _probe(backend, handle, [f"{GATEWAY_HOSTNAME}:{gateway_port}"]) == {
             f"{GATEWAY_HOSTNAME}:{gateway_port}": "open"
         }
-        assert [h.name for h in backend.list(L.selector(run_label))] == [handle.name]  # forwarders are not sandboxes
-        companions = backend.client.api.containers(all=True, filters={"label": f"{L.SANDBOX}={handle.name}"})
-        assert len(companions) == 1
-        assert companions[0]["Labels"][L.RUN] == run_label
+        assert [h.name for h in backend.list(L.selector(run_label))] == [handle.name]  # a relay is no sandbox
+        (relay,) = _relays(backend, run_label)
+        on_network = backend.client.api.inspect_network(handle.labels[L.EGRESS_NET])["Containers"]
+        assert sorted(c["Name"] for c in on_network.values()) == sorted([handle.name, relay["Names"][0][1:]])
     finally:
         backend.destroy(handle)
     assert not backend.client.api.containers(all=True, filters={"label": f"{L.SANDBOX}={handle.name}"})
+    assert _networks_of_run(backend, run_label) == []  # the network went in the background; the relay stays
+    assert len(_relays(backend, run_label)) == 1
 
 
 @pytest.mark.usefixtures("no_networks_left")
@@ -161,7 +179,8 @@ def test_clean_removes_what_a_lost_sandbox_left(
     handle = backend.create(_spec(run_label, gateway=f"{bridge_ip}:{gateway_port}"), BASE_IMAGE)
     backend.client.api.remove_container(handle.id, force=True)  # the sandbox went, its companions did not
     left = N.clean_networks(backend.client, run_label, dry_run=True)
-    assert sorted(left) == [("forwarder", f"{handle.name}-fwd0"), ("network", handle.labels[L.EGRESS_NET])]
+    (relay,) = _relays(backend, run_label)
+    assert sorted(left) == [("network", handle.labels[L.EGRESS_NET]), ("relay", relay["Names"][0][1:])]
     assert clean.main([f"run_label={run_label}"]) == 0  # `python -m harbor_ray clean` takes them
     assert N.clean_networks(backend.client, run_label, dry_run=True) == []
 
@@ -189,7 +208,7 @@ def test_full_network_keeps_the_gateway_name(
 ) -> None:
     handle = backend.create(_spec(run_label, network=True, gateway=f"{bridge_ip}:{gateway_port}"), BASE_IMAGE)
     try:
-        assert L.EGRESS_NET not in handle.labels  # the default bridge: no network or forwarder of its own
+        assert L.EGRESS_NET not in handle.labels  # the default bridge: no network or relay of its own
         assert _get(backend, handle, f"os.environ[{GATEWAY_URL_ENV!r}]") == "gateway-says-hi"
     finally:
         backend.destroy(handle)
@@ -216,7 +235,7 @@ def test_harbor_network_policies_map_onto_the_modes() -> None:
 def test_egress_hostnames_are_reached_by_their_own_name(
     backend: DockerBackend, run_label: str, bridge_ip: str, gateway_port: int, other_port: int
 ) -> None:
-    # what a Harbor allowlist becomes: HOSTNAME:PORT, resolved by its forwarder (host.docker.internal: the host)
+    # what a Harbor allowlist becomes: HOSTNAME:PORT, resolved by its relay (host.docker.internal: the host)
     spec = _spec(run_label, gateway=f"{bridge_ip}:{gateway_port}", egress=(f"{N.HOST_ALIAS}:{other_port}",))
     handle = backend.create(spec, BASE_IMAGE)
     try:
@@ -245,6 +264,105 @@ async def test_pool_lease_carries_the_gateway_and_release_removes_its_network(
             code = f"import os, urllib.request; print(urllib.request.urlopen(os.environ[{GATEWAY_URL_ENV!r}]).read())"
             assert "gateway-says-hi" in (await sandbox.exec(["python3", "-c", code])).stdout
             assert backend.client.api.networks(filters={"label": f"{L.RUN}={run_label}"})
-        assert not backend.client.api.networks(filters={"label": f"{L.RUN}={run_label}"})
+        assert _networks_of_run(backend, run_label) == []
     finally:
         await pool.shutdown()
+
+
+def _addresses(backend: DockerBackend, network: str) -> dict[str, str]:
+    """Container name -> its IPv4 address on `network`."""
+    found = backend.client.api.inspect_network(network)["Containers"].values()
+    return {c["Name"]: c["IPv4Address"].split("/")[0] for c in found}
+
+
+@pytest.mark.usefixtures("no_networks_left")
+def test_one_relay_serves_many_sandboxes_that_cannot_reach_each_other(
+    backend: DockerBackend, run_label: str, bridge_ip: str, gateway_port: int, other_port: int
+) -> None:
+    spec = _spec(run_label, gateway=f"{bridge_ip}:{gateway_port}")
+    handles: list[SandboxHandle] = []
+    try:
+        with ThreadPoolExecutor(4) as pool:  # four first creates at once race for the relay's name: one makes it
+            for handle in pool.map(lambda _: backend.create(spec, BASE_IMAGE), range(4)):
+                handles.append(handle)
+        (relay,) = _relays(backend, run_label)
+        for handle in handles:
+            assert _get(backend, handle, f"os.environ[{GATEWAY_URL_ENV!r}]") == "gateway-says-hi"
+        # another endpoint set on the same daemon (a second gateway's port) gets a relay of its own
+        handles.append(backend.create(_spec(run_label, gateway=f"{bridge_ip}:{other_port}"), BASE_IMAGE))
+        assert _get(backend, handles[-1], f"os.environ[{GATEWAY_URL_ENV!r}]") == "must-not-be-reached"
+        assert len(_relays(backend, run_label)) == 2
+        # from the first sandbox: every other sandbox, and the shared relay on their networks, are out of reach
+        targets = []
+        for other in handles[1:]:
+            on_its_network = _addresses(backend, other.labels[L.EGRESS_NET])
+            targets += [f"{on_its_network[other.name]}:{port}" for port in (22, 8080)]
+            targets += [f"{ip}:{gateway_port}" for name, ip in on_its_network.items() if name != other.name]
+        reached = _probe(backend, handles[0], targets)
+        assert len(reached) == len(targets) == 12
+        assert {t: r for t, r in reached.items() if r == "open"} == {}
+        assert relay["Labels"][L.RUN] == run_label
+    finally:
+        for handle in handles:
+            backend.destroy(handle)
+
+
+@pytest.mark.usefixtures("no_networks_left")
+def test_a_killed_relay_is_made_again_and_heals_the_sandboxes_it_served(
+    backend: DockerBackend, run_label: str, bridge_ip: str, gateway_port: int
+) -> None:
+    spec = _spec(run_label, gateway=f"{bridge_ip}:{gateway_port}")
+    gateway = f"{GATEWAY_HOSTNAME}:{gateway_port}"
+    first = backend.create(spec, BASE_IMAGE)
+    second = None
+    try:
+        (relay,) = _relays(backend, run_label)
+        backend.client.api.kill(relay["Id"])  # dies: auto-removed, the first sandbox is cut off from its gateway
+        deadline = time.monotonic() + 10
+        while _relays(backend, run_label) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _probe(backend, first, [gateway]) != {gateway: "open"}
+        second = backend.create(spec, BASE_IMAGE)  # finds no relay: makes it, and it joins every network again
+        (again,) = _relays(backend, run_label)
+        assert again["Id"] != relay["Id"]
+        assert _get(backend, second, f"os.environ[{GATEWAY_URL_ENV!r}]") == "gateway-says-hi"
+        # healed: the first sandbox reaches it again, once its kernel retries the address it failed to resolve
+        deadline = time.monotonic() + 20
+        while _probe(backend, first, [gateway]) != {gateway: "open"} and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _get(backend, first, f"os.environ[{GATEWAY_URL_ENV!r}]") == "gateway-says-hi"
+    finally:
+        for handle in (first, second):
+            if handle is not None:
+                backend.destroy(handle)
+
+
+@pytest.mark.usefixtures("no_networks_left")
+def test_sweep_takes_the_networks_of_lost_sandboxes_only(
+    backend: DockerBackend, run_label: str, bridge_ip: str, gateway_port: int
+) -> None:
+    spec = _spec(run_label, gateway=f"{bridge_ip}:{gateway_port}")
+    lost, alive = backend.create(spec, BASE_IMAGE), backend.create(spec, BASE_IMAGE)
+    try:
+        backend.client.api.remove_container(lost.id, force=True)  # its process died before the network went
+        assert N.sweep_networks(backend.client, run_label, grace_s=300) == []  # too young: may await its sandbox
+        assert N.sweep_networks(backend.client, run_label, grace_s=0) == [lost.labels[L.EGRESS_NET]]
+        assert _networks_of_run(backend, run_label, wait_s=0) == [alive.labels[L.EGRESS_NET]]
+        assert _get(backend, alive, f"os.environ[{GATEWAY_URL_ENV!r}]") == "gateway-says-hi"
+    finally:
+        backend.destroy(alive)
+
+
+def test_an_idle_relay_ends_by_itself(
+    backend: DockerBackend, run_label: str, bridge_ip: str, gateway_port: int
+) -> None:
+    from harbor_ray.backends.docker.relay import Relays
+    from harbor_ray.backends.egress import Endpoint
+
+    relays = Relays(backend.client, idle_s=2)
+    relay = relays.ensure(run_label, Endpoint(GATEWAY_HOSTNAME, bridge_ip, gateway_port), 600)  # no network joins
+    assert relays.ensure(run_label, Endpoint(GATEWAY_HOSTNAME, bridge_ip, gateway_port), 600) == relay
+    deadline = time.monotonic() + 30
+    while _relays(backend, run_label) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _relays(backend, run_label) == []

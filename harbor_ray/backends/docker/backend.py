@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 _BUILD_LOCKS = KeyedLocks()
 _LOG_TAIL_LINES = 15
+_COMPANIONS = {"relay", "forwarder"}  # containers of ours that serve sandboxes and are none (docs/network.md)
 
 
 def _typed_connection_errors[F: Callable[..., Any]](method: F) -> F:
@@ -220,7 +221,7 @@ class DockerBackend:
         kwargs["environment"] |= egress.sandbox_env(spec)
         net: N.Egress | None = None
         if egress.restricted(spec):
-            net = N.create_egress(self.client, name, labels, endpoints, spec.ttl_s)  # forwarders start meanwhile
+            net = N.create_egress(self.client, name, labels, endpoints, spec.ttl_s)  # relays join meanwhile
             labels[L.EGRESS_NET] = net.network
             del kwargs["network_mode"]  # the SDK takes `network` (with its endpoint config) instead
             endpoint = self.client.api.create_endpoint_config(ipv4_address=net.address)
@@ -246,6 +247,7 @@ class DockerBackend:
         if net is not None:
             try:
                 net.wait()
+                net.check()  # each relay still runs and is on the network: never a sandbox cut off silently
             except BaseException:
                 self._remove_quietly(name)
                 self._abandon_egress(name, net)
@@ -254,14 +256,14 @@ class DockerBackend:
 
     def _abandon_egress(self, name: str, net: N.Egress | None) -> None:
         if net is not None:
-            net.wait(quiet=True)  # the forwarders' start must be over before they are removed
-            N.remove_egress(self.client, name, net.network)
+            net.wait(quiet=True)  # the relays' joining must be over before the network goes
+            N.remove_egress(self.client, net.network, wait=True)
 
     @_typed_connection_errors
     def destroy(self, handle: SandboxHandle) -> None:
         self._remove_quietly(handle.id)
-        if L.EGRESS_NET in handle.labels:
-            N.remove_egress(self.client, handle.name, handle.labels[L.EGRESS_NET])
+        if L.EGRESS_NET in handle.labels:  # the sandbox is gone: its network goes in the background
+            N.remove_egress(self.client, handle.labels[L.EGRESS_NET])
 
     def wait_gone(self, handle: SandboxHandle) -> None:
         """Block until the container is no longer running (exited, killed or removed).
@@ -302,8 +304,13 @@ class DockerBackend:
         return [
             SandboxHandle("docker", c["Id"], c["Names"][0].lstrip("/"), self.endpoint.url, c["Image"], c["Labels"])
             for c in self.containers(labels)
-            if (c.get("Labels") or {}).get(L.KIND) != "forwarder"  # a sandbox's companion, not a sandbox
+            if (c.get("Labels") or {}).get(L.KIND) not in _COMPANIONS
         ]
+
+    @_typed_connection_errors
+    def sweep_networks(self, prefix: str, *, dry_run: bool = False) -> builtins.list[str]:
+        """Remove (or list) the sandbox networks of run `prefix` whose sandbox is gone (the reaper calls it)."""
+        return N.sweep_networks(self.client, prefix, dry_run=dry_run)
 
     def containers(self, labels: dict[str, str], *, running_only: bool = False) -> builtins.list[dict[str, Any]]:
         """The daemon's one-call listing (id, names, image, labels, state) of the containers with these labels.

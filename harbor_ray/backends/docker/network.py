@@ -1,9 +1,12 @@
-"""The "gateway only" network of one Docker sandbox: an internal network and one forwarder per endpoint.
+"""The "gateway only" network of one Docker sandbox: its own internal network, joined by the shared relays.
 
 The network is `internal` (no route out) with `inhibit_ipv4` (the host has no address on it, so host services
-on 0.0.0.0 stay out of reach) on a small subnet of its own. Each forwarder is a tiny asyncio TCP relay on that
-network and on the default bridge, relaying its one port to one fixed `HOST:PORT`. Everything carries the
-sandbox's labels plus `harbor-ray/sandbox=<name>`; `remove_egress` and `clean_networks` take it all away.
+on 0.0.0.0 stay out of reach) on a small subnet of its own, and holds only the sandbox (`.2`) and, at fixed
+addresses after it, the relay of each endpoint (harbor_ray.backends.docker.relay: one per daemon, run and
+target, shared by all sandboxes). The relays join in the background while the sandbox starts; after the start
+`Egress.check` proves each relay runs there. On destroy the sandbox goes at once and its network in the
+background (relays leave it, then it is removed); a network whose sandbox is gone is swept by the next sweep
+(`sweep_networks`: the pool's reaper, `clean --orphans`, a create a minute later) and by `clean_networks`.
 Why it is built this way: docs/network.md.
 """
 
@@ -13,22 +16,24 @@ import ipaddress
 import logging
 import random
 import socket
+import threading
 import time
+import weakref
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from itertools import islice
+from dataclasses import dataclass, field
 from typing import Any
 
 from harbor_ray import labels as L
 from harbor_ray.backends.docker.endpoint import first_line
+from harbor_ray.backends.docker.relay import HOST_ALIAS, JOINED, Relays, relay_name
 from harbor_ray.backends.egress import Endpoint
-from harbor_ray.backends.images import BASE_IMAGE
 from harbor_ray.errors import ConfigError, SandboxStartError
 
 log = logging.getLogger(__name__)
 
-FORWARDER_IMAGE = BASE_IMAGE  # has python3; built by `python -m harbor_ray images`
-HOST_ALIAS = "host.docker.internal"  # in a forwarder: the Docker host (Docker's host-gateway)
+__all__ = ["HOST_ALIAS", "Egress", "clean_networks", "create_egress", "host_address", "remove_egress", "sweep_networks"]
+
 # Subnets are ours to pick: with inhibit_ipv4 the host gets no address or route on them, so they cannot clash
 # with the host's networks; Docker's default pools would run out after ~30 networks.
 SUBNET_RANGE = ipaddress.IPv4Network("10.213.0.0/16")
@@ -37,40 +42,15 @@ SUBNET_PREFIX = 28
 # of the host (dnsmasq on 127.0.0.1) it does so from the host's namespace: a DNS channel out. A never-routed
 # upstream (TEST-NET-3) makes it dial from the sandbox's namespace, where nothing is routed; fail fast.
 NO_DNS: dict[str, Any] = {"dns": ["203.0.113.53"], "dns_opt": ["timeout:1", "attempts:1"]}
+SWEEP_GRACE_S = 300  # a network younger than this may still be waiting for its sandbox's container
+_SWEEP_EVERY_S = 60.0
 _PICK_ATTEMPTS = 12
-_MAX_ENDPOINTS = 12  # a /28 holds 13 addresses after the gateway's: the sandbox's and the forwarders'
-_STARTER = ThreadPoolExecutor(max_workers=8, thread_name_prefix="harbor-ray-forwarder")
-_READY_TIMEOUT_S = 30.0
-
-# argv: listen_port target_host target_port ttl_s. Relays each connection both ways, half-closes pass through.
-_RELAY = """
-import asyncio, sys
-listen, host, port, ttl = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-async def pipe(r, w):
-    try:
-        while data := await r.read(65536):
-            w.write(data)
-            await w.drain()
-        if w.can_write_eof():
-            w.write_eof()
-    except OSError:
-        pass
-async def handle(r, w):
-    try:
-        ur, uw = await asyncio.open_connection(host, port)
-    except OSError:
-        w.close()
-        return
-    await asyncio.gather(pipe(r, uw), pipe(ur, w))
-    uw.close()
-    w.close()
-async def main():
-    server = await asyncio.start_server(handle, "0.0.0.0", listen)
-    print("ready", flush=True)
-    async with server:
-        await asyncio.sleep(ttl)
-asyncio.run(main())
-"""
+_MAX_ENDPOINTS = 12  # a /28 holds 13 addresses after the gateway's: the sandbox's and the relays'
+_JOINER = ThreadPoolExecutor(max_workers=8, thread_name_prefix="harbor-ray-relay-join")
+_REMOVER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="harbor-ray-net-remove")
+_RELAYS: weakref.WeakKeyDictionary[Any, Relays] = weakref.WeakKeyDictionary()
+_LAST_SWEEP: dict[tuple[int, str], float] = {}
+_LOCK = threading.Lock()
 
 
 def host_address(client: Any) -> str:
@@ -103,50 +83,76 @@ def companion_labels(sandbox_labels: dict[str, str], sandbox: str, kind: str) ->
 
 @dataclass
 class Egress:
-    """A sandbox's network and forwarders: `hosts` for its /etc/hosts, `wait()` before the sandbox is used."""
+    """A sandbox's network: `hosts` for its /etc/hosts; `wait()` and `check()` once the sandbox started."""
 
     network: str
-    address: str  # the sandbox's own, fixed like the forwarders' so no dynamic pick can take one of theirs
+    address: str  # the sandbox's own, fixed like the relays' so no dynamic pick can take one of theirs
     hosts: dict[str, str]
-    _started: Future[None]
+    _joined: Future[None]
+    _check: Callable[[], None] = field(repr=False)
 
     def wait(self, *, quiet: bool = False) -> None:
-        """Block until every forwarder listens; SandboxStartError if one did not come up (unless quiet)."""
-        error = self._started.exception()
+        """Block until every relay joined; SandboxStartError if one could not (unless quiet)."""
+        error = self._joined.exception()
         if error is not None and not quiet:
             raise error
+
+    def check(self) -> None:
+        """Prove every relay runs, listens and is on the network (made so again when not): fail loud."""
+        self._check()
+
+
+def relays_of(client: Any) -> Relays:
+    """This process's view of the relays of the daemon `client` talks to."""
+    with _LOCK:
+        relays = _RELAYS.get(client)
+        if relays is None:
+            relays = _RELAYS[client] = Relays(client)
+        return relays
 
 
 def create_egress(
     client: Any, sandbox: str, sandbox_labels: dict[str, str], endpoints: list[Endpoint], ttl_s: int
 ) -> Egress:
-    """Make the sandbox's internal network and its forwarders (each at a fixed address of the subnet).
-
-    The forwarders start in the background, so the sandbox can start meanwhile; call `wait()` after it.
-    On a failure here what was made is removed and SandboxStartError says why.
-    """
+    """Make the sandbox's internal network; its relays join it in the background (call `wait()` after the
+    sandbox's start, then `check()`). On a failure here nothing is left and SandboxStartError says why."""
     network = f"{sandbox}-egress"
     if len(endpoints) > _MAX_ENDPOINTS:
         msg = f"sandbox.egress: at most {_MAX_ENDPOINTS} endpoints per sandbox, not {len(endpoints)}"
         raise ConfigError(msg)
-    try:
-        subnet = _create_network(client, network, companion_labels(sandbox_labels, sandbox, "network"))
-        labels = companion_labels(sandbox_labels, sandbox, "forwarder")
-        # the first address is the (absent) bridge's gateway, the second the sandbox's, then the forwarders'
-        addresses = [str(a) for a in subnet.hosts()][2:]
-        forwarders = [
-            _create_forwarder(client, f"{sandbox}-fwd{i}", network, addresses[i], labels, endpoint, ttl_s)
-            for i, endpoint in enumerate(endpoints)
-        ]
-    except BaseException:
-        remove_egress(client, sandbox, network)
-        raise
-    hosts = {e.name: addresses[i] for i, e in enumerate(endpoints)}
-    sandbox_address = str(next(islice(subnet.hosts(), 1, None)))
-    return Egress(network, sandbox_address, hosts, _STARTER.submit(_start_all, client, forwarders))
+    run = sandbox_labels[L.RUN]
+    names = [relay_name(run, e, ttl_s) for e in endpoints]
+
+    def labels_for(subnet: ipaddress.IPv4Network) -> dict[str, str]:
+        own = companion_labels(sandbox_labels, sandbox, "network")
+        return own | {JOINED + name: address for name, address in zip(names, _relay_addresses(subnet), strict=False)}
+
+    subnet = _create_network(client, network, labels_for)
+    relays = relays_of(client)
+    places = list(zip(endpoints, _relay_addresses(subnet), strict=False))
+
+    def join_all() -> None:
+        for endpoint, address in places:
+            relays.join(run, endpoint, ttl_s, network, address)
+
+    def check_all() -> None:
+        for endpoint, address in places:
+            relays.check(run, endpoint, ttl_s, network, address)
+
+    _maybe_sweep(client, run)
+    hosts = {e.name: address for e, address in places}
+    sandbox_address = str(list(subnet.hosts())[1])
+    return Egress(network, sandbox_address, hosts, _JOINER.submit(join_all), check_all)
 
 
-def _create_network(client: Any, name: str, labels: dict[str, str]) -> ipaddress.IPv4Network:
+def _relay_addresses(subnet: ipaddress.IPv4Network) -> list[str]:
+    # the first address is the (absent) bridge's gateway, the second the sandbox's, then the relays'
+    return [str(a) for a in subnet.hosts()][2:]
+
+
+def _create_network(
+    client: Any, name: str, labels_for: Callable[[ipaddress.IPv4Network], dict[str, str]]
+) -> ipaddress.IPv4Network:
     import docker.errors
     import docker.types
 
@@ -161,7 +167,7 @@ def _create_network(client: Any, name: str, labels: dict[str, str]) -> ipaddress
                 internal=True,
                 options={"com.docker.network.bridge.inhibit_ipv4": "true"},
                 ipam=ipam,
-                labels=labels,
+                labels=labels_for(subnet),
                 check_duplicate=True,
             )
         except docker.errors.APIError as e:
@@ -174,89 +180,135 @@ def _create_network(client: Any, name: str, labels: dict[str, str]) -> ipaddress
     raise SandboxStartError(msg)
 
 
-def _create_forwarder(
-    client: Any, name: str, network: str, address: str, labels: dict[str, str], endpoint: Endpoint, ttl_s: int
-) -> tuple[str, str]:
-    """Create one relay at `address` on the sandbox's network (not started); return (id, name)."""
-    import docker.errors
+def remove_egress(client: Any, network: str, *, wait: bool = False) -> None:
+    """Take the relays off the sandbox's network, then remove it; in the background unless `wait`.
 
+    Call once the sandbox's container is gone. A removal cut short (the process ended) leaves an empty
+    network that `sweep_networks` and `clean_networks` remove.
+    """
+    if wait:
+        _remove_network(client, network)
+        return
+    _REMOVER.submit(_remove_quietly, client, network)
+
+
+def _remove_quietly(client: Any, network: str) -> None:
     try:
-        container = client.api.create_container(
-            FORWARDER_IMAGE,
-            name=name,
-            entrypoint=["python3", "-c", _RELAY],
-            command=[str(endpoint.port), endpoint.host, str(endpoint.port), str(int(ttl_s))],
-            user="65534:65534",
-            labels=labels,
-            host_config=client.api.create_host_config(
-                network_mode="bridge",
-                auto_remove=True,
-                cap_drop=["ALL"],
-                security_opt=["no-new-privileges"],
-                read_only=True,
-                pids_limit=64,
-                mem_limit="64m",
-                nano_cpus=int(0.5e9),
-                extra_hosts={HOST_ALIAS: "host-gateway"},
-            ),
-        )
-        client.api.connect_container_to_network(container["Id"], network, ipv4_address=address)
-    except docker.errors.ImageNotFound as e:
-        msg = f"forwarder {name}: image {FORWARDER_IMAGE} missing; build it with `python -m harbor_ray images`"
-        raise SandboxStartError(msg) from e
-    except docker.errors.APIError as e:
-        msg = f"forwarder {name} to {endpoint.host}:{endpoint.port} not created: {first_line(e)}"
-        raise SandboxStartError(msg) from e
-    return str(container["Id"]), name
+        _remove_network(client, network)
+    except Exception as e:
+        log.warning("network %s not removed (a sweep or clean will): %s", network, first_line(e))
 
 
-def _start_all(client: Any, forwarders: list[tuple[str, str]]) -> None:
+def _remove_network(client: Any, name: str) -> bool:
+    """Disconnect the relays from network `name` and remove it; False when a sandbox still holds it."""
     import docker.errors
 
-    for container_id, name in forwarders:
+    deadline = time.monotonic() + 15
+    while True:
         try:
-            client.api.start(container_id)
+            info = client.api.inspect_network(name)
+        except docker.errors.NotFound:
+            return True
+        for container_id, endpoint in (info.get("Containers") or {}).items():
+            if "-relay-" not in str(endpoint.get("Name", "")):
+                continue  # a sandbox (or anything not ours to unplug): the removal waits for it to go
+            try:
+                client.api.disconnect_container_from_network(container_id, name, force=True)
+            except docker.errors.APIError as e:
+                log.debug("disconnect %s from %s: %s", endpoint.get("Name"), name, first_line(e))
+        try:
+            client.api.remove_network(name)
+        except docker.errors.NotFound:
+            return True
         except docker.errors.APIError as e:
-            msg = f"forwarder {name} did not start: {first_line(e)}"
-            raise SandboxStartError(msg) from e
-        _wait_ready(client, container_id, name)
+            # 403 "has active endpoints": a container's removal is still in flight, or a relay just healed in
+            if time.monotonic() < deadline and e.status_code in (403, 409):
+                time.sleep(0.1)
+                continue
+            if e.status_code in (403, 409):
+                return False
+            raise
+        return True
 
 
-def _wait_ready(client: Any, container_id: str, name: str) -> None:
-    """Block until the relay prints `ready` (it then listens); its logs ending first means it died."""
-    deadline = time.monotonic() + _READY_TIMEOUT_S
-    seen = b""
-    for chunk in client.api.logs(container_id, stream=True, follow=True):
-        seen += chunk
-        if b"ready" in seen:
+def _networks(client: Any, labels: dict[str, str]) -> list[dict[str, Any]]:
+    return list(client.api.networks(filters={"label": [f"{k}={v}" for k, v in labels.items()]}))
+
+
+def _maybe_sweep(client: Any, run: str) -> None:
+    """At most once a minute per process and run, sweep in the background what ended processes left."""
+    key, now = (id(client), run), time.monotonic()
+    with _LOCK:
+        last = _LAST_SWEEP.setdefault(key, now)  # not on a process's first create: a burst would sweep N times
+        if now - last < _SWEEP_EVERY_S:
             return
-        if time.monotonic() > deadline:
-            break
-    msg = f"forwarder {name} did not come up: {seen.decode(errors='replace').strip()[-300:] or 'no output'}"
-    raise SandboxStartError(msg)
+        _LAST_SWEEP[key] = now
+    _REMOVER.submit(_sweep_quietly, client, run)
 
 
-def remove_egress(client: Any, sandbox: str, network: str | None = None) -> None:
-    """Remove the sandbox's forwarders, then its network (once they are detached); idempotent."""
+def _sweep_quietly(client: Any, run: str) -> None:
+    try:
+        sweep_networks(client, run)
+    except Exception as e:
+        log.warning("sweep of %s networks failed: %s", run, first_line(e))
+
+
+def sweep_networks(client: Any, prefix: str, *, dry_run: bool = False, grace_s: float = SWEEP_GRACE_S) -> list[str]:
+    """Remove (or list) the sandbox networks of run `prefix` whose sandbox's container is gone; their names.
+
+    A network is made just before its sandbox, so one younger than `grace_s` is left alone.
+    """
+    L.check_prefix(prefix, key="prefix")
+    run = f"{L.RUN}={prefix}"
+    sandboxes = {
+        name.lstrip("/")
+        for c in client.api.containers(all=True, filters={"label": [run]})
+        for name in c.get("Names") or []
+    }
+    swept = []
+    for n in _networks(client, {L.RUN: prefix, L.KIND: "network"}):
+        labels = n.get("Labels") or {}
+        try:
+            young = time.time() - int(labels.get(L.CREATED, "0")) < grace_s
+        except ValueError:
+            young = False
+        if labels.get(L.RUN) != prefix or young or labels.get(L.SANDBOX, "") in sandboxes:
+            continue
+        if dry_run or _remove_network(client, n["Name"]):
+            swept.append(n["Name"])
+    if swept and not dry_run:
+        log.info("swept %d network(s) of run %s whose sandbox was gone", len(swept), prefix)
+    return sorted(swept)
+
+
+def clean_networks(client: Any, prefix: str, dry_run: bool = False) -> list[tuple[str, str]]:
+    """Remove (or list) the relays, forwarders and networks labeled harbor-run=<prefix>; return (kind, name)s.
+
+    Run after the run's sandboxes are gone (`clean` removes them first): a relay goes even if it still
+    served one. A network still used by a sandbox of ours is left (and logged).
+    """
     import docker.errors
 
-    for c in client.api.containers(all=True, filters={"label": [f"{L.SANDBOX}={sandbox}", f"{L.KIND}=forwarder"]}):
-        _remove_container(client, c["Id"])
-    names = [network] if network else [n["Name"] for n in _networks(client, {L.SANDBOX: sandbox})]
-    for name in names:
-        deadline = time.monotonic() + 10
-        while True:
+    L.check_prefix(prefix, key="prefix")
+    run = f"{L.RUN}={prefix}"
+    found: list[tuple[str, str]] = []
+    for kind in ("relay", "forwarder"):  # forwarders: one per sandbox in versions before the shared relay
+        for c in client.api.containers(all=True, filters={"label": [run, f"{L.KIND}={kind}"]}):
+            if (c.get("Labels") or {}).get(L.RUN) == prefix:
+                found.append((kind, c["Names"][0].lstrip("/")))
+                if not dry_run:
+                    _remove_container(client, c["Id"])
+    for n in _networks(client, {L.RUN: prefix, L.KIND: "network"}):
+        if (n.get("Labels") or {}).get(L.RUN) != prefix:
+            continue
+        found.append(("network", n["Name"]))
+        if not dry_run:
             try:
-                client.api.remove_network(name)
-            except docker.errors.NotFound:
-                pass
+                if not _remove_network(client, n["Id"]):
+                    log.warning("kept network %s: a container still uses it", n["Name"])
             except docker.errors.APIError as e:
-                # 403 "has active endpoints": a container's removal is still in flight.
-                if time.monotonic() < deadline and e.status_code in (403, 409):
-                    time.sleep(0.1)
-                    continue
-                raise
-            break
+                log.warning("kept network %s: %s", n["Name"], first_line(e))
+    return sorted(found)
 
 
 def _remove_container(client: Any, ref: str) -> None:
@@ -276,36 +328,3 @@ def _remove_container(client: Any, ref: str) -> None:
         except docker.errors.NotFound:
             return
         time.sleep(0.1)
-
-
-def _networks(client: Any, labels: dict[str, str]) -> list[dict[str, Any]]:
-    return list(client.api.networks(filters={"label": [f"{k}={v}" for k, v in labels.items()]}))
-
-
-def clean_networks(client: Any, prefix: str, dry_run: bool = False) -> list[tuple[str, str]]:
-    """Remove (or list) the forwarders and networks labeled harbor-run=<prefix>; return ("forwarder"|"network", name)s.
-
-    Run after the sandboxes are gone: a network still used by a sandbox of ours is left (and logged).
-    """
-    import docker.errors
-
-    L.check_prefix(prefix, key="prefix")
-    run = f"{L.RUN}={prefix}"
-    found: list[tuple[str, str]] = []
-    for c in client.api.containers(all=True, filters={"label": [run, f"{L.KIND}=forwarder"]}):
-        if (c.get("Labels") or {}).get(L.RUN) == prefix:
-            found.append(("forwarder", c["Names"][0].lstrip("/")))
-            if not dry_run:
-                _remove_container(client, c["Id"])
-    for n in _networks(client, {L.RUN: prefix, L.KIND: "network"}):
-        if (n.get("Labels") or {}).get(L.RUN) != prefix:
-            continue
-        found.append(("network", n["Name"]))
-        if not dry_run:
-            try:
-                client.api.remove_network(n["Id"])
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.APIError as e:
-                log.warning("kept network %s: %s", n["Name"], first_line(e))
-    return sorted(found)
