@@ -123,32 +123,42 @@ async def pool_round(pool: SandboxPool, spec: SandboxSpec, n: int, concurrency: 
 async def gateway_main(
     args: argparse.Namespace, client: docker.DockerClient, label: str, pool: SandboxPool, plain: SandboxSpec
 ) -> None:
-    """`--gateway`: the same pool bursts of N leases, "gateway only" sandboxes (each its own network and relay,
-    docs/network.md) against sandboxes without network, interleaved. Prints `gateway_create_ratio` (all leased)
-    and `gateway_destroy_ratio` (all released), medians over the rounds; the issue's target is 1.3 for both."""
+    """`--gateway`: the same pool bursts of N leases, "gateway only" sandboxes (each its own network, joined by
+    the shared relay, docs/network.md) against sandboxes without network, interleaved (A B, B A, ...), after
+    one burst of each that starts the N actor processes and the relay. Prints `gateway_create_ratio` (all
+    leased) and `gateway_destroy_ratio` (all released), medians over the rounds, with the absolute medians
+    per burst and per sandbox (ms); the issue's target is 1.3 for both."""
     import socket
 
-    from harbor_ray.backends.docker.network import host_address
+    from harbor_ray.backends.docker.network import clean_networks, host_address
 
     listener = socket.create_server((host_address(client), 0))  # a gateway address that answers
     gated = dataclasses.replace(plain, gateway=f"{listener.getsockname()[0]}:{listener.getsockname()[1]}")
     runs: dict[str, list[dict[str, Any]]] = {"plain": [], "gateway": []}
+    relays = 0
     try:
-        async with pool.lease(gated):  # warm-up: the pool's start and the forwarder image's first use
-            pass
+        await pool_round(pool, plain, args.n, args.concurrency)  # warm-up: N actor processes, kept for reuse
+        await pool_round(pool, gated, args.n, args.concurrency)  # and the relay's start
         for i in range(args.rounds):
             for which in ("plain", "gateway") if i % 2 == 0 else ("gateway", "plain"):
                 spec = plain if which == "plain" else gated
                 runs[which].append(await pool_round(pool, spec, args.n, args.concurrency))
+        relays = len(client.api.containers(filters={"label": [f"harbor-run={label}", "harbor-ray/kind=relay"]}))
     finally:
         listener.close()
         await pool.shutdown()
         ray.shutdown()
+    time.sleep(1)  # the daemon finishes the last networks' removals it was sent
     leftovers = client.containers.list(all=True, filters={"label": f"harbor-run={label}"})
     networks = client.networks.list(filters={"label": f"harbor-run={label}"})
+    left = [c.name for c in leftovers if c.labels.get("harbor-ray/kind") != "relay"] + [n.name for n in networks]
+    cleaned = clean_networks(client, label)  # the relay (it would end itself after a minute idle)
 
     def median(which: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[which])
+
+    def per_sandbox_ms(which: str, key: str) -> float:
+        return round(1000 * median(which, key) / args.n, 1)
 
     print(
         json.dumps(
@@ -159,11 +169,21 @@ async def gateway_main(
                 "concurrency": args.concurrency,
                 "gateway_create_ratio": round(median("gateway", "burst") / median("plain", "burst"), 3),
                 "gateway_destroy_ratio": round(median("gateway", "release") / median("plain", "release"), 3),
+                "create_ms_per_sandbox": {
+                    "plain": per_sandbox_ms("plain", "burst"),
+                    "gateway": per_sandbox_ms("gateway", "burst"),
+                },
+                "destroy_ms_per_sandbox": {
+                    "plain": per_sandbox_ms("plain", "release"),
+                    "gateway": per_sandbox_ms("gateway", "release"),
+                },
                 "gateway_burst_s": [round(r["burst"], 2) for r in runs["gateway"]],
                 "plain_burst_s": [round(r["burst"], 2) for r in runs["plain"]],
                 "gateway_release_s": [round(r["release"], 2) for r in runs["gateway"]],
                 "plain_release_s": [round(r["release"], 2) for r in runs["plain"]],
-                "leftovers": len(leftovers) + len(networks),
+                "relays": relays,
+                "leftovers": left,
+                "relay_cleaned": [name for kind, name in cleaned if kind == "relay"],
                 "load": [round(x, 2) for x in os.getloadavg()],
             }
         )

@@ -13,13 +13,14 @@ OWNER = "harbor-ray/owner"  # <cluster>-<job>: the Ray cluster (its session) and
 POOL = "harbor-ray/pool"
 CREATED = "harbor-ray/created"  # unix seconds
 TTL = "harbor-ray/ttl"  # seconds after CREATED when the sandbox may be reaped
-KIND = "harbor-ray/kind"  # sandbox | image | probe | network | forwarder | network-policy
+KIND = "harbor-ray/kind"  # sandbox | image | probe | network | relay | forwarder (before relays) | network-policy
 ACTOR = "harbor-ray/actor"  # the Ray actor that owns the sandbox (hex id)
 HOST = "harbor-ray/host"  # the host (slot group) a sandbox counts against
 PROCESS = "harbor-ray/process"  # <process space>.<pid>.<start ticks> of the process that owns the sandbox
 SANDBOX = "harbor-ray/sandbox"  # on a sandbox's network, forwarders, NetworkPolicy: the sandbox's name
 RUNTIME_RUN = "agent-runtimes"  # the run label of agent runtime images (kept across runs, like base images)
 EGRESS_NET = "harbor-ray/egress-net"  # on a "gateway only" sandbox: its own network (docs/network.md)
+RELAYS = "harbor-ray/relays"  # on a "gateway only" sandbox: the relays on its network (names, comma-separated)
 
 _PREFIX_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 
@@ -101,6 +102,18 @@ def process_id(pid: int | None = None) -> str:
     """`<process space>.<pid>.<start ticks>` of this (or another local) process: the PROCESS label's value."""
     pid = os.getpid() if pid is None else pid
     return f"{process_space()}.{pid}.{process_start(pid) or 0}"
+
+
+def process_gone(value: str) -> bool:
+    """True when the PROCESS label names a process of this process space that no longer runs."""
+    space, _, rest = value.partition(".")
+    pid, _, start = rest.partition(".")
+    if space != process_space() or space == "unknown" or not pid.isdigit():
+        return False  # another machine, container or boot: nothing can be proven from here
+    now_start = process_start(int(pid))
+    if now_start is None:
+        return True
+    return start not in {"", "0"} and now_start != start  # the pid was reused by a newer process
 
 
 def sandbox_labels(prefix: str, *, pool: str, owner: str, ttl_s: int, kind: str = "sandbox") -> dict[str, str]:

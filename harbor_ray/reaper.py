@@ -26,6 +26,8 @@ from harbor_ray.errors import HarborRayError
 
 log = logging.getLogger(__name__)
 
+process_gone = L.process_gone  # the proof lives beside the PROCESS label: backends use it too
+
 
 class _Gcs:
     """Actor and job states from this cluster's GCS, asked once per id per reap; empty when Ray is not running.
@@ -72,18 +74,6 @@ class _Gcs:
                 jobs = []
             self._dead_jobs = {str(j.get("JobID", "")) for j in jobs if j.get("IsDead")}
         return job_id in self._dead_jobs
-
-
-def process_gone(value: str) -> bool:
-    """True when the PROCESS label names a process of this process space that no longer runs."""
-    space, _, rest = value.partition(".")
-    pid, _, start = rest.partition(".")
-    if space != L.process_space() or space == "unknown" or not pid.isdigit():
-        return False  # another machine, container or boot: nothing can be proven from here
-    now_start = L.process_start(int(pid))
-    if now_start is None:
-        return True
-    return start not in {"", "0"} and now_start != start  # the pid was reused by a newer process
 
 
 def why_orphaned(labels: dict[str, str], prefix: str, gcs: Any, now: float) -> str:

@@ -283,8 +283,9 @@ def test_one_relay_serves_many_sandboxes_that_cannot_reach_each_other(
     handles: list[SandboxHandle] = []
     try:
         with ThreadPoolExecutor(4) as pool:  # four first creates at once race for the relay's name: one makes it
-            for handle in pool.map(lambda _: backend.create(spec, BASE_IMAGE), range(4)):
-                handles.append(handle)
+            started = [pool.submit(backend.create, spec, BASE_IMAGE) for _ in range(4)]
+        handles += [f.result() for f in started if f.exception() is None]
+        assert [f.exception() for f in started] == [None] * 4
         (relay,) = _relays(backend, run_label)
         for handle in handles:
             assert _get(backend, handle, f"os.environ[{GATEWAY_URL_ENV!r}]") == "gateway-says-hi"
@@ -366,3 +367,33 @@ def test_an_idle_relay_ends_by_itself(
     while _relays(backend, run_label) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _relays(backend, run_label) == []
+
+
+_DESTROY_THEN_DIE = """
+import os, sys
+from harbor_ray.backends.base import SandboxSpec
+from harbor_ray.backends.docker.backend import DockerBackend
+from harbor_ray.backends.images import BASE_IMAGE
+backend = DockerBackend()
+spec = SandboxSpec(run_label=sys.argv[1], image=BASE_IMAGE, cpus=0.5, memory_mb=256, ttl_s=600, gateway=sys.argv[2])
+backend.destroy(backend.create(spec, BASE_IMAGE))
+os._exit(0)  # at once, as ray.kill ends an idle actor right after its release: no thread of it runs on
+"""
+
+
+@pytest.mark.usefixtures("no_networks_left")
+def test_a_process_ending_right_after_destroy_leaves_no_network(
+    backend: DockerBackend, run_label: str, bridge_ip: str, gateway_port: int
+) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _DESTROY_THEN_DIE, run_label, f"{bridge_ip}:{gateway_port}"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    # the daemon finishes the removal it was sent (no_networks_left waits up to 10 s), and the relay is off it
+    assert _networks_of_run(backend, run_label) == []
+    (relay,) = _relays(backend, run_label)
+    assert list(backend.client.api.inspect_container(relay["Id"])["NetworkSettings"]["Networks"]) == ["bridge"]

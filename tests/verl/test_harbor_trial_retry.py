@@ -46,4 +46,5 @@ async def test_sandbox_lost_before_the_first_token_is_retried_on_a_fresh_sandbox
     assert [t for t, m in zip(sample["ids"], sample["mask"], strict=True) if m] == [t for ids, _ in sent for t in ids]
     assert info["gateway/calls"] == 2.0
     left = docker_client.containers.list(all=True, filters={"label": f"harbor-run={run_label}"})
-    assert [c.name for c in left if c.status == "running"] == []
+    # the shared relay of "gateway only" sandboxes outlives them on purpose (docs/network.md)
+    assert [c.name for c in left if c.status == "running" and c.labels.get("harbor-ray/kind") != "relay"] == []

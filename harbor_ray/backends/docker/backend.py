@@ -222,7 +222,7 @@ class DockerBackend:
         net: N.Egress | None = None
         if egress.restricted(spec):
             net = N.create_egress(self.client, name, labels, endpoints, spec.ttl_s)  # relays join meanwhile
-            labels[L.EGRESS_NET] = net.network
+            labels[L.EGRESS_NET], labels[L.RELAYS] = net.network, ",".join(net.relays)
             del kwargs["network_mode"]  # the SDK takes `network` (with its endpoint config) instead
             endpoint = self.client.api.create_endpoint_config(ipv4_address=net.address)
             kwargs |= {"network": net.network, "networking_config": {net.network: endpoint}, "extra_hosts": net.hosts}
@@ -257,13 +257,16 @@ class DockerBackend:
     def _abandon_egress(self, name: str, net: N.Egress | None) -> None:
         if net is not None:
             net.wait(quiet=True)  # the relays' joining must be over before the network goes
-            N.remove_egress(self.client, net.network, wait=True)
+            N.remove_egress(self.client, net.network)
 
     @_typed_connection_errors
     def destroy(self, handle: SandboxHandle) -> None:
+        network = handle.labels.get(L.EGRESS_NET)
+        if network:  # the relays leave it while the container goes; then the network, neither waited for
+            N.unplug(self.client, network, [r for r in handle.labels.get(L.RELAYS, "").split(",") if r])
         self._remove_quietly(handle.id)
-        if L.EGRESS_NET in handle.labels:  # the sandbox is gone: its network goes in the background
-            N.remove_egress(self.client, handle.labels[L.EGRESS_NET])
+        if network:
+            N.drop(self.client, network)
 
     def wait_gone(self, handle: SandboxHandle) -> None:
         """Block until the container is no longer running (exited, killed or removed).

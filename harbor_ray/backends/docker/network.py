@@ -4,9 +4,10 @@ The network is `internal` (no route out) with `inhibit_ipv4` (the host has no ad
 on 0.0.0.0 stay out of reach) on a small subnet of its own, and holds only the sandbox (`.2`) and, at fixed
 addresses after it, the relay of each endpoint (harbor_ray.backends.docker.relay: one per daemon, run and
 target, shared by all sandboxes). The relays join in the background while the sandbox starts; after the start
-`Egress.check` proves each relay runs there. On destroy the sandbox goes at once and its network in the
-background (relays leave it, then it is removed); a network whose sandbox is gone is swept by the next sweep
-(`sweep_networks`: the pool's reaper, `clean --orphans`, a create a minute later) and by `clean_networks`.
+`Egress.check` proves each relay runs there. On destroy the daemon is asked to take the relays off the
+network while the sandbox's container goes, then to remove the network, neither waited for (`unplug`, `drop`).
+A network whose sandbox is gone is swept by the next sweep (`sweep_networks`: the pool's reaper, a create a
+minute later) and by `clean_networks` (`python -m harbor_ray clean`).
 Why it is built this way: docs/network.md.
 """
 
@@ -32,7 +33,17 @@ from harbor_ray.errors import ConfigError, SandboxStartError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HOST_ALIAS", "Egress", "clean_networks", "create_egress", "host_address", "remove_egress", "sweep_networks"]
+__all__ = [
+    "HOST_ALIAS",
+    "Egress",
+    "clean_networks",
+    "create_egress",
+    "drop",
+    "host_address",
+    "remove_egress",
+    "sweep_networks",
+    "unplug",
+]
 
 # Subnets are ours to pick: with inhibit_ipv4 the host gets no address or route on them, so they cannot clash
 # with the host's networks; Docker's default pools would run out after ~30 networks.
@@ -44,10 +55,11 @@ SUBNET_PREFIX = 28
 NO_DNS: dict[str, Any] = {"dns": ["203.0.113.53"], "dns_opt": ["timeout:1", "attempts:1"]}
 SWEEP_GRACE_S = 300  # a network younger than this may still be waiting for its sandbox's container
 _SWEEP_EVERY_S = 60.0
+_DROP_ANSWER_S = 0.02  # a refusal (403) comes back at once; a removal under way takes longer: not waited for
 _PICK_ATTEMPTS = 12
 _MAX_ENDPOINTS = 12  # a /28 holds 13 addresses after the gateway's: the sandbox's and the relays'
 _JOINER = ThreadPoolExecutor(max_workers=8, thread_name_prefix="harbor-ray-relay-join")
-_REMOVER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="harbor-ray-net-remove")
+_REMOVER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="harbor-ray-net-remove")
 _RELAYS: weakref.WeakKeyDictionary[Any, Relays] = weakref.WeakKeyDictionary()
 _LAST_SWEEP: dict[tuple[int, str], float] = {}
 _LOCK = threading.Lock()
@@ -76,8 +88,8 @@ def resolve_for_hosts(endpoint: Endpoint) -> str:
 
 
 def companion_labels(sandbox_labels: dict[str, str], sandbox: str, kind: str) -> dict[str, str]:
-    """The sandbox's labels (run, owner, pool, created, ttl) for a network or forwarder of it."""
-    keep = {k: v for k, v in sandbox_labels.items() if k in {L.RUN, L.OWNER, L.POOL, L.CREATED, L.TTL}}
+    """The sandbox's labels (run, owner, pool, created, ttl, process) for its network."""
+    keep = {k: v for k, v in sandbox_labels.items() if k in {L.RUN, L.OWNER, L.POOL, L.CREATED, L.TTL, L.PROCESS}}
     return keep | {L.KIND: kind, L.SANDBOX: sandbox}
 
 
@@ -88,6 +100,7 @@ class Egress:
     network: str
     address: str  # the sandbox's own, fixed like the relays' so no dynamic pick can take one of theirs
     hosts: dict[str, str]
+    relays: list[str]  # the relays' names, in the endpoints' order
     _joined: Future[None]
     _check: Callable[[], None] = field(repr=False)
 
@@ -142,7 +155,7 @@ def create_egress(
     _maybe_sweep(client, run)
     hosts = {e.name: address for e, address in places}
     sandbox_address = str(list(subnet.hosts())[1])
-    return Egress(network, sandbox_address, hosts, _JOINER.submit(join_all), check_all)
+    return Egress(network, sandbox_address, hosts, names, _JOINER.submit(join_all), check_all)
 
 
 def _relay_addresses(subnet: ipaddress.IPv4Network) -> list[str]:
@@ -180,16 +193,44 @@ def _create_network(
     raise SandboxStartError(msg)
 
 
-def remove_egress(client: Any, network: str, *, wait: bool = False) -> None:
-    """Take the relays off the sandbox's network, then remove it; in the background unless `wait`.
+def remove_egress(client: Any, network: str) -> None:
+    """Remove the network of a sandbox that is gone (its start failed), waiting for it."""
+    _remove_network(client, network)
 
-    Call once the sandbox's container is gone. A removal cut short (the process ended) leaves an empty
-    network that `sweep_networks` and `clean_networks` remove.
-    """
-    if wait:
-        _remove_network(client, network)
+
+def unplug(client: Any, network: str, relays: list[str]) -> None:
+    """Ask the daemon to take the relays off a sandbox's network, without waiting (about 1 ms each): it does
+    so while the sandbox's container is removed. The relays are shared, so the daemon serializes their
+    disconnections; waiting for them would add up across a burst of releases."""
+    for relay in relays:
+        body = {"Container": relay, "Force": True}
+        _send(client, "post", client.api._url("/networks/{0}/disconnect", network), 0.001, json=body)
+
+
+def drop(client: Any, network: str) -> None:
+    """Once the sandbox's container is gone: have the daemon remove its network, waiting for an answer only
+    briefly. A request sent is finished by the daemon even if this process ends right after (a pool ends its
+    idle actors with ray.kill); a refusal (a relay still on it) is retried in the background; what a crash
+    leaves is swept (`sweep_networks`)."""
+    answer = _send(client, "delete", client.api._url("/networks/{0}", network), _DROP_ANSWER_S)
+    if answer in (200, 204, 404):
         return
-    _REMOVER.submit(_remove_quietly, client, network)
+    _REMOVER.submit(_remove_quietly, client, network)  # refused, or still under way: make sure it goes
+
+
+def _send(client: Any, method: str, url: str, read_timeout_s: float, **kwargs: Any) -> int | None:
+    """Send one API request (`url` from the SDK's own `_url`, versioned and quoted); its status when it is
+    answered within `read_timeout_s`, else None: sent, and the daemon carries a request through once it has
+    read it, whether or not the client waits for the answer."""
+    import requests
+
+    try:
+        return int(getattr(client.api, method)(url, timeout=(10, read_timeout_s), **kwargs).status_code)
+    except requests.exceptions.ReadTimeout:
+        return None
+    except requests.RequestException as e:
+        log.debug("%s %s not sent: %s", method.upper(), url, e)
+        return -1
 
 
 def _remove_quietly(client: Any, network: str) -> None:
@@ -199,23 +240,29 @@ def _remove_quietly(client: Any, network: str) -> None:
         log.warning("network %s not removed (a sweep or clean will): %s", network, first_line(e))
 
 
+def _disconnect_relays(client: Any, network: str) -> None:
+    import docker.errors
+
+    try:
+        info = client.api.inspect_network(network)
+    except docker.errors.NotFound:
+        return
+    for container_id, endpoint in (info.get("Containers") or {}).items():
+        if "-relay-" not in str(endpoint.get("Name", "")):
+            continue  # a sandbox (or anything not ours to unplug): the removal waits for it to go
+        try:
+            client.api.disconnect_container_from_network(container_id, network, force=True)
+        except docker.errors.APIError as e:
+            log.debug("disconnect %s from %s: %s", endpoint.get("Name"), network, first_line(e))
+
+
 def _remove_network(client: Any, name: str) -> bool:
     """Disconnect the relays from network `name` and remove it; False when a sandbox still holds it."""
     import docker.errors
 
     deadline = time.monotonic() + 15
     while True:
-        try:
-            info = client.api.inspect_network(name)
-        except docker.errors.NotFound:
-            return True
-        for container_id, endpoint in (info.get("Containers") or {}).items():
-            if "-relay-" not in str(endpoint.get("Name", "")):
-                continue  # a sandbox (or anything not ours to unplug): the removal waits for it to go
-            try:
-                client.api.disconnect_container_from_network(container_id, name, force=True)
-            except docker.errors.APIError as e:
-                log.debug("disconnect %s from %s: %s", endpoint.get("Name"), name, first_line(e))
+        _disconnect_relays(client, name)
         try:
             client.api.remove_network(name)
         except docker.errors.NotFound:
@@ -256,7 +303,8 @@ def _sweep_quietly(client: Any, run: str) -> None:
 def sweep_networks(client: Any, prefix: str, *, dry_run: bool = False, grace_s: float = SWEEP_GRACE_S) -> list[str]:
     """Remove (or list) the sandbox networks of run `prefix` whose sandbox's container is gone; their names.
 
-    A network is made just before its sandbox, so one younger than `grace_s` is left alone.
+    A network is made just before its sandbox, so one younger than `grace_s` is left alone, unless the process
+    that made it (its PROCESS label) is proven gone.
     """
     L.check_prefix(prefix, key="prefix")
     run = f"{L.RUN}={prefix}"
@@ -272,6 +320,8 @@ def sweep_networks(client: Any, prefix: str, *, dry_run: bool = False, grace_s: 
             young = time.time() - int(labels.get(L.CREATED, "0")) < grace_s
         except ValueError:
             young = False
+        if young and L.process_gone(labels.get(L.PROCESS, "")):
+            young = False  # the process that made it ended: no sandbox of it is coming
         if labels.get(L.RUN) != prefix or young or labels.get(L.SANDBOX, "") in sandboxes:
             continue
         if dry_run or _remove_network(client, n["Name"]):

@@ -123,28 +123,31 @@ class Relays:
 
         name = relay_name(run, endpoint, ttl_s)
         deadline = time.monotonic() + _READY_TIMEOUT_S
-        made = 0
-        while made < _ATTEMPTS:
+        ended = 0
+        while ended < _ATTEMPTS and time.monotonic() < deadline:
             info = self._inspect(name)
             if info is None:
-                made += 1
                 try:
                     return self._create(name, run, endpoint, ttl_s)
                 except docker.errors.APIError as e:
-                    if e.status_code != 409:  # 409: another process named it first: use that one
+                    if e.status_code != 409:
                         msg = f"relay {name} to {endpoint.host}:{endpoint.port} not created: {first_line(e)}"
                         raise SandboxStartError(msg) from e
+                    # 409: another process holds the name; while it creates the container (or one that ended is
+                    # being removed) the name is taken but not yet (or no longer) inspectable: look again soon
+                    time.sleep(0.05)
                     continue
             state = info["State"]
             if state.get("Running") and not state.get("Restarting"):
                 self._wait_ready(info["Id"], name)
                 return str(info["Id"])
-            if state.get("Status") == "created" and time.monotonic() < deadline:  # another process starts it
+            if state.get("Status") == "created":  # another process is starting it
                 time.sleep(0.05)
                 continue
-            made += 1
-            self._gone(info["Id"])  # ended (idle, TTL, killed) or never started: auto-removal may be under way
-        msg = f"relay {name} to {endpoint.host}:{endpoint.port}: could not be started after {_ATTEMPTS} tries"
+            ended += 1
+            self._gone(info["Id"])  # ended (idle, TTL, killed): auto-removal may be under way
+        msg = f"relay {name} to {endpoint.host}:{endpoint.port}: not running after {ended} restarts and "
+        msg += f"{_READY_TIMEOUT_S:.0f} s (its image is {RELAY_IMAGE})"
         raise SandboxStartError(msg)
 
     def join(self, run: str, endpoint: Endpoint, ttl_s: int, network: str, address: str) -> None:
