@@ -202,3 +202,13 @@ async def test_agent_loop_worker_on_one_host_runs_sandboxes_and_the_gateway_acro
         probe = json.loads(Path(sample["info"]["harbor_trial_dir"], "agent", "probe.json").read_text())
         assert probe["gateway"] == "reached", probe
         assert probe["other"].startswith("unreachable"), probe
+    # Nothing of the run is left but the relays (the fixture removes them; they end themselves when idle): the
+    # sandboxes (hosts_label checks) and their networks, which their daemon removes in the background.
+    deadline = time.monotonic() + 30
+    while left := {h.name: _networks(h, verl_label) for h in hosts.hosts.values() if _networks(h, verl_label)}:
+        assert time.monotonic() < deadline, f"networks left: {left}"
+        await asyncio.sleep(0.5)
+
+
+def _networks(host: Any, label: str) -> list[str]:
+    return [n.name for n in host.client().networks.list(filters={"label": f"{L.RUN}={label}"})]
