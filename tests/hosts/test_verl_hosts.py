@@ -1,13 +1,14 @@
 """verl on several hosts: the real AgentLoopWorker as a Ray actor on host h1, its sandboxes on the others' daemons.
 
 As verl's AgentLoopManager does (`ray.remote(AgentLoopWorker)` pinned to a node), the worker runs on h1's Ray
-node; both harbor_ray pools list the head's daemon (`local`, a Ray node's own daemon) and h2's daemon (TLS at
-h2's address), never h1's. One batch, only the server manager scripted (tests/verl/verl_harness.py):
-two `harbor_sandbox` samples (verl's tool loop, bash in the sandbox) and two `harbor_trial` samples whose
-agent runs *inside* the sandbox (tests/verl/agents/gateway_agent.py) on the "gateway only" network: its model
-calls go through the relay on the sandbox's daemon to the gateway in the worker on h1, i.e. across hosts.
-Each must give reward 1; each daemon's events show where each sandbox was made; each relay targets h1's
-address; the sandbox reaches the gateway and not h1's Docker port; nothing is left on any daemon.
+node; its two harbor_ray pools (one per loop, so each spreads its two sandboxes one per host) list the head's
+daemon (`local`, a Ray node's own daemon) and h2's daemon (mutual TLS at h2's address), never h1's. Two batches
+on that worker at once, only the server manager scripted (tests/verl/verl_harness.py): two `harbor_sandbox`
+samples (verl's tool loop, bash in the sandbox) and two `harbor_trial` samples whose agent runs *inside* the
+sandbox (tests/verl/agents/gateway_agent.py) on the "gateway only" network: its model calls go through the relay
+on the sandbox's daemon to the gateway in the worker on h1, i.e. across hosts. Each must give reward 1; each
+daemon's events show where each sandbox was made; each relay targets h1's address; the sandbox reaches the
+gateway and not h1's Docker port; nothing is left on any daemon.
 """
 
 from __future__ import annotations
