@@ -26,6 +26,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from support.hosts import HOST_LABEL
 
 from harbor_ray import labels as L
 from harbor_ray.backends.docker.relay import TARGET
@@ -70,8 +71,14 @@ def verl_label(hosts: Any, hosts_label: str) -> Any:
 
 
 def _overrides(hosts: Any, label: str, pool: str) -> list[str]:
-    """harbor_ray overrides of a pool over the head's daemon and h2's (TLS); `pool.hosts` in Hydra's syntax."""
-    entries = ",".join(_hydra(hosts[name].pool_entry(slots=2)) for name in SANDBOX_HOSTS)
+    """harbor_ray overrides of a pool over the head's daemon and h2's (TLS); `pool.hosts` in Hydra's syntax.
+
+    h2's sandbox actors are kept on h2's node: a TLS host's actors otherwise spread over every node with
+    `sandbox_slot`, the head's too, where they would take the units the head's own daemon's actors need.
+    """
+    entries = ",".join(
+        _hydra(hosts[name].pool_entry(slots=2, node_labels={HOST_LABEL: name})) for name in SANDBOX_HOSTS
+    )
     return [
         "backend=docker",
         f"+backend.tls.cert_path={hosts.client_certs}",
