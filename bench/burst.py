@@ -1,6 +1,7 @@
 """A burst of N cold leases through the pool vs the raw docker SDK doing the same N create+start, interleaved.
 
     scripts/python bench/burst.py [--n 100] [--rounds 3] [--concurrency 8] [--prestart]
+    scripts/python bench/burst.py --gateway [--n 8] [--rounds 6] [--concurrency 4]   ("gateway only" vs none)
 
 Each round runs the raw burst and the pool burst (order alternating): N container create+start with
 `--concurrency` threads (the same hardening options as the Docker backend) against N leases at once through

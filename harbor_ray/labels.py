@@ -13,7 +13,9 @@ OWNER = "harbor-ray/owner"  # <cluster>-<job>: the Ray cluster (its session) and
 POOL = "harbor-ray/pool"
 CREATED = "harbor-ray/created"  # unix seconds
 TTL = "harbor-ray/ttl"  # seconds after CREATED when the sandbox may be reaped
-KIND = "harbor-ray/kind"  # sandbox | image | probe | network | relay | forwarder (before relays) | network-policy
+KIND = (
+    "harbor-ray/kind"  # sandbox | image | probe | network | relay | holder | forwarder (before relays) | network-policy
+)
 ACTOR = "harbor-ray/actor"  # the Ray actor that owns the sandbox (hex id)
 HOST = "harbor-ray/host"  # the host (slot group) a sandbox counts against
 PROCESS = "harbor-ray/process"  # <process space>.<pid>.<start ticks> of the process that owns the sandbox
@@ -21,6 +23,8 @@ SANDBOX = "harbor-ray/sandbox"  # on a sandbox's network, forwarders, NetworkPol
 RUNTIME_RUN = "agent-runtimes"  # the run label of agent runtime images (kept across runs, like base images)
 EGRESS_NET = "harbor-ray/egress-net"  # on a "gateway only" sandbox: its own network (docs/network.md)
 RELAYS = "harbor-ray/relays"  # on a "gateway only" sandbox: the relays on its network (names, comma-separated)
+HOLDER = "harbor-ray/holder"  # on a "gateway only" sandbox: the id of the container holding its network namespace
+HOLDER_KEY = "harbor-ray/holder-key"  # on a network holder: a hash of its endpoints and TTL (who may claim it)
 
 _PREFIX_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 

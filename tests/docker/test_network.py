@@ -19,8 +19,10 @@ import pytest
 
 from harbor_ray import labels as L
 from harbor_ray.backends.base import SandboxHandle, SandboxSpec
+from harbor_ray.backends.docker import holders as H
 from harbor_ray.backends.docker import network as N
 from harbor_ray.backends.docker.backend import DockerBackend
+from harbor_ray.backends.docker.config import DockerBackendConfig
 from harbor_ray.backends.egress import GATEWAY_HOSTNAME, GATEWAY_URL_ENV
 from harbor_ray.backends.images import BASE_IMAGE
 from harbor_ray.errors import ConfigError, SandboxStartError
@@ -68,7 +70,8 @@ def _serve(host: str, body: bytes) -> Iterator[int]:
 
 @pytest.fixture(scope="module")
 def backend() -> DockerBackend:
-    return DockerBackend()
+    # no stock: each sandbox's network holder is made at its start (tests/docker/test_network_holders.py: stock)
+    return DockerBackend(DockerBackendConfig(holder_stock=0))
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +153,12 @@ def test_sandbox_reaches_the_gateway_and_nothing_else(
         assert [h.name for h in backend.list(L.selector(run_label))] == [handle.name]  # a relay is no sandbox
         (relay,) = _relays(backend, run_label)
         on_network = backend.client.api.inspect_network(handle.labels[L.EGRESS_NET])["Containers"]
-        assert sorted(c["Name"] for c in on_network.values()) == sorted([handle.name, relay["Names"][0][1:]])
+        # the sandbox is in its holder's namespace: the holder and the relay are all the network holds
+        holder = f"{handle.name}-net"
+        assert sorted(c["Name"] for c in on_network.values()) == sorted([holder, relay["Names"][0][1:]])
+        assert backend.client.api.inspect_container(handle.id)["HostConfig"]["NetworkMode"] == (
+            f"container:{handle.labels[L.HOLDER]}"
+        )
     finally:
         backend.destroy(handle)
     assert not backend.client.api.containers(all=True, filters={"label": f"{L.SANDBOX}={handle.name}"})
@@ -180,7 +188,8 @@ def test_clean_removes_what_a_lost_sandbox_left(
     backend.client.api.remove_container(handle.id, force=True)  # the sandbox went, its companions did not
     left = N.clean_networks(backend.client, run_label, dry_run=True)
     (relay,) = _relays(backend, run_label)
-    assert sorted(left) == [("network", handle.labels[L.EGRESS_NET]), ("relay", relay["Names"][0][1:])]
+    expected = [("holder", f"{handle.name}-net"), ("network", handle.labels[L.EGRESS_NET])]
+    assert sorted(left) == [*expected, ("relay", relay["Names"][0][1:])]
     assert clean.main([f"run_label={run_label}"]) == 0  # `python -m harbor_ray clean` takes them
     assert N.clean_networks(backend.client, run_label, dry_run=True) == []
 
@@ -264,9 +273,19 @@ async def test_pool_lease_carries_the_gateway_and_release_removes_its_network(
             code = f"import os, urllib.request; print(urllib.request.urlopen(os.environ[{GATEWAY_URL_ENV!r}]).read())"
             assert "gateway-says-hi" in (await sandbox.exec(["python3", "-c", code])).stdout
             assert backend.client.api.networks(filters={"label": f"{L.RUN}={run_label}"})
-        assert _networks_of_run(backend, run_label) == []
+            own = sandbox.handle.labels[L.EGRESS_NET]
+        deadline = time.monotonic() + 10  # the release's holder and network go in the background
+        while own in _networks_of_run(backend, run_label, wait_s=0):
+            assert time.monotonic() < deadline, f"{own} outlived its sandbox"
+            time.sleep(0.1)
     finally:
         await pool.shutdown()
+    # the actor's stock of ready holders (made while it ran) outlives it; its maker gone, a sweep takes it
+    assert all("-stock-" in n for n in _networks_of_run(backend, run_label, wait_s=0))
+    deadline = time.monotonic() + 15  # the actor's process may take a moment to end after its kill
+    while H.sweep(backend.client, run_label) or _networks_of_run(backend, run_label, wait_s=0):
+        assert time.monotonic() < deadline, f"left: {_networks_of_run(backend, run_label, wait_s=0)}"
+        time.sleep(0.5)
 
 
 def _addresses(backend: DockerBackend, network: str) -> dict[str, str]:
@@ -297,8 +316,9 @@ def test_one_relay_serves_many_sandboxes_that_cannot_reach_each_other(
         targets = []
         for other in handles[1:]:
             on_its_network = _addresses(backend, other.labels[L.EGRESS_NET])
-            targets += [f"{on_its_network[other.name]}:{port}" for port in (22, 8080)]
-            targets += [f"{ip}:{gateway_port}" for name, ip in on_its_network.items() if name != other.name]
+            holder = f"{other.name}-net"  # the sandbox's address is its holder's (one network namespace)
+            targets += [f"{on_its_network[holder]}:{port}" for port in (22, 8080)]
+            targets += [f"{ip}:{gateway_port}" for name, ip in on_its_network.items() if name != holder]
         reached = _probe(backend, handles[0], targets)
         assert len(reached) == len(targets) == 12
         assert {t: r for t, r in reached.items() if r == "open"} == {}
@@ -345,9 +365,9 @@ def test_sweep_takes_the_networks_of_lost_sandboxes_only(
     spec = _spec(run_label, gateway=f"{bridge_ip}:{gateway_port}")
     lost, alive = backend.create(spec, BASE_IMAGE), backend.create(spec, BASE_IMAGE)
     try:
-        backend.client.api.remove_container(lost.id, force=True)  # its process died before the network went
-        assert N.sweep_networks(backend.client, run_label, grace_s=300) == []  # too young: may await its sandbox
-        assert N.sweep_networks(backend.client, run_label, grace_s=0) == [lost.labels[L.EGRESS_NET]]
+        backend.client.api.remove_container(lost.id, force=True)  # its process died before the holder went
+        assert H.sweep(backend.client, run_label) == []  # too young, its process alive: may await its sandbox
+        assert H.sweep(backend.client, run_label, grace_s=0) == [f"{lost.name}-net"]  # with its network
         assert _networks_of_run(backend, run_label, wait_s=0) == [alive.labels[L.EGRESS_NET]]
         assert _get(backend, alive, f"os.environ[{GATEWAY_URL_ENV!r}]") == "gateway-says-hi"
     finally:
@@ -372,9 +392,12 @@ def test_an_idle_relay_ends_by_itself(
 _DESTROY_THEN_DIE = """
 import os, sys
 from harbor_ray.backends.base import SandboxSpec
+from harbor_ray.backends.docker import holders as H
 from harbor_ray.backends.docker.backend import DockerBackend
+from harbor_ray.backends.docker.config import DockerBackendConfig
 from harbor_ray.backends.images import BASE_IMAGE
-backend = DockerBackend()
+from harbor_ray.backends.docker.config import DockerBackendConfig
+backend = DockerBackend(DockerBackendConfig(holder_stock=0))
 spec = SandboxSpec(run_label=sys.argv[1], image=BASE_IMAGE, cpus=0.5, memory_mb=256, ttl_s=600, gateway=sys.argv[2])
 backend.destroy(backend.create(spec, BASE_IMAGE))
 os._exit(0)  # at once, as ray.kill ends an idle actor right after its release: no thread of it runs on
@@ -382,7 +405,7 @@ os._exit(0)  # at once, as ray.kill ends an idle actor right after its release: 
 
 
 @pytest.mark.usefixtures("no_networks_left")
-def test_a_process_ending_right_after_destroy_leaves_no_network(
+def test_a_process_ending_right_after_destroy_leaves_its_network_to_the_next_sweep(
     backend: DockerBackend, run_label: str, bridge_ip: str, gateway_port: int
 ) -> None:
     import subprocess
@@ -393,7 +416,35 @@ def test_a_process_ending_right_after_destroy_leaves_no_network(
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    # the daemon finishes the removal it was sent (no_networks_left waits up to 10 s), and the relay is off it
+    # the daemon finishes the holder's removal it was sent; the network's waited for it in a thread that died:
+    # the next sweep takes it at once (its maker is gone), and the relay is off it
+    deadline = time.monotonic() + 10
+    while backend.client.api.containers(all=True, filters={"label": [f"{L.RUN}={run_label}", f"{L.KIND}=holder"]}):
+        assert time.monotonic() < deadline, "the holder outlived its sandbox"
+        time.sleep(0.1)
+    H.sweep(backend.client, run_label)
     assert _networks_of_run(backend, run_label) == []
     (relay,) = _relays(backend, run_label)
     assert list(backend.client.api.inspect_container(relay["Id"])["NetworkSettings"]["Networks"]) == ["bridge"]
+
+
+def test_a_relay_that_never_comes_up_fails_the_start_loud_and_leaves_nothing(
+    backend: DockerBackend, run_label: str, bridge_ip: str, gateway_port: int, no_networks_left: None
+) -> None:
+    from harbor_ray.backends.docker.relay import relay_name
+    from harbor_ray.backends.egress import Endpoint
+    from harbor_ray.backends.images import BUSYBOX_IMAGE
+
+    # something else holds the relay's name, runs a moment and never listens: the start must say so, not hang
+    name = relay_name(run_label, Endpoint(GATEWAY_HOSTNAME, bridge_ip, gateway_port), 600)
+    squatter = backend.client.api.create_container(
+        BUSYBOX_IMAGE, name=name, command=["sleep", "2"], labels={L.RUN: run_label}
+    )
+    backend.client.api.start(squatter["Id"])
+    try:
+        with pytest.raises(SandboxStartError, match=f"relay {name} did not come up") as e:
+            backend.create(_spec(run_label, gateway=f"{bridge_ip}:{gateway_port}"), BASE_IMAGE)
+        assert "\n" not in str(e.value)
+        assert [h.name for h in backend.list(L.selector(run_label))] == [name]  # the squatter only: no sandbox
+    finally:
+        backend.client.api.remove_container(squatter["Id"], force=True)

@@ -23,6 +23,7 @@ from harbor_ray import labels as L
 from harbor_ray.backends import egress, transfer
 from harbor_ray.backends.base import ExecResult, SandboxHandle, SandboxSpec
 from harbor_ray.backends.docker import exec as X
+from harbor_ray.backends.docker import holders as H
 from harbor_ray.backends.docker import network as N
 from harbor_ray.backends.docker import runtime as R
 from harbor_ray.backends.docker.config import DockerBackendConfig
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 _BUILD_LOCKS = KeyedLocks()
 _LOG_TAIL_LINES = 15
-_COMPANIONS = {"relay", "forwarder"}  # containers of ours that serve sandboxes and are none (docs/network.md)
+_COMPANIONS = {"relay", "holder", "forwarder"}  # containers of ours that serve sandboxes and are none (docs/network.md)
 
 
 def _typed_connection_errors[F: Callable[..., Any]](method: F) -> F:
@@ -219,14 +220,16 @@ class DockerBackend:
             kwargs["network_mode"] = "none"
         endpoints = egress.endpoints(spec)  # bad HOST:PORT -> ConfigError before anything exists
         kwargs["environment"] |= egress.sandbox_env(spec)
-        net: N.Egress | None = None
+        holder: H.Holder | None = None
         if egress.restricted(spec):
-            net = N.create_egress(self.client, name, labels, endpoints, spec.ttl_s)  # relays join meanwhile
-            labels[L.EGRESS_NET], labels[L.RELAYS] = net.network, ",".join(net.relays)
-            del kwargs["network_mode"]  # the SDK takes `network` (with its endpoint config) instead
-            endpoint = self.client.api.create_endpoint_config(ipv4_address=net.address)
-            kwargs |= {"network": net.network, "networking_config": {net.network: endpoint}, "extra_hosts": net.hosts}
-            kwargs |= N.NO_DNS
+            # the network namespace of a holder (from the stock, else made now): docs/network.md
+            holders = H.holders_of(self.client)
+            holder = holders.take(name, labels, endpoints, spec.ttl_s, self.config.holder_stock)
+            labels[L.EGRESS_NET], labels[L.RELAYS] = holder.network, ",".join(holder.relays)
+            labels[L.HOLDER] = holder.id
+            # hostname, /etc/hosts and DNS are the holder's: Docker refuses them with a container: network
+            del kwargs["hostname"]
+            kwargs["network_mode"] = f"container:{holder.id}"
         elif spec.network and spec.gateway:  # full network: the same gateway name, straight to it
             kwargs["extra_hosts"] = {egress.GATEWAY_HOSTNAME: N.resolve_for_hosts(endpoints[0])}
         try:
@@ -234,36 +237,41 @@ class DockerBackend:
             container = self.client.containers.create(image, **kwargs)
             container.start()
         except docker.errors.ImageNotFound as e:
-            self._abandon_egress(name, net)
+            self._abandon_holder(holder)
             msg = f"image {image}: not on the daemon at {self.endpoint.url}; build it first (ensure_image)"
             raise SandboxStartError(msg) from e
         except (requests.ConnectionError, docker.errors.DockerException) as e:
             self._remove_quietly(name)
-            self._abandon_egress(name, net)
+            self._abandon_holder(holder)
             if isinstance(e, requests.ConnectionError):
                 raise self._unavailable(e) from e
             msg = f"container {name} from {image} did not start: {first_line(e)}"
             raise SandboxStartError(msg) from e
-        if net is not None:
+        if holder is not None:
             try:
-                net.wait()
-                net.check()  # each relay still runs and is on the network: never a sandbox cut off silently
+                # the holder runs, serves this sandbox alone, its relays are on its network: never cut off silently
+                H.holders_of(self.client).settle(holder, name)
             except BaseException:
                 self._remove_quietly(name)
-                self._abandon_egress(name, net)
+                self._abandon_holder(holder)
                 raise
         return SandboxHandle("docker", container.id, name, self.endpoint.url, image, labels)
 
-    def _abandon_egress(self, name: str, net: N.Egress | None) -> None:
-        if net is not None:
-            net.wait(quiet=True)  # the relays' joining must be over before the network goes
-            N.remove_egress(self.client, net.network)
+    def _abandon_holder(self, holder: H.Holder | None) -> None:
+        if holder is not None:  # never given to another sandbox: it goes with its network
+            N.remove_container(self.client, holder.id)
+            N.remove_egress(self.client, holder.network)
 
     @_typed_connection_errors
     def destroy(self, handle: SandboxHandle) -> None:
-        network = handle.labels.get(L.EGRESS_NET)
-        if network:  # the relays leave it while the container goes; then the network, neither waited for
-            N.unplug(self.client, network, [r for r in handle.labels.get(L.RELAYS, "").split(",") if r])
+        network, holder = handle.labels.get(L.EGRESS_NET), handle.labels.get(L.HOLDER)
+        relays = [r for r in handle.labels.get(L.RELAYS, "").split(",") if r]
+        if holder and network:  # the sandbox goes (waited for), its holder and network after it (sent)
+            self._remove_quietly(handle.id)
+            H.release(self.client, holder, network, relays)
+            return
+        if network:  # on its own network (before holders): the relays leave it while the container goes
+            N.unplug(self.client, network, relays)
         self._remove_quietly(handle.id)
         if network:
             N.drop(self.client, network)
@@ -312,8 +320,9 @@ class DockerBackend:
 
     @_typed_connection_errors
     def sweep_networks(self, prefix: str, *, dry_run: bool = False) -> builtins.list[str]:
-        """Remove (or list) the sandbox networks of run `prefix` whose sandbox is gone (the reaper calls it)."""
-        return N.sweep_networks(self.client, prefix, dry_run=dry_run)
+        """Remove (or list) the network holders and sandbox networks of run `prefix` that serve no sandbox any
+        more (the reaper calls it)."""
+        return H.sweep(self.client, prefix, dry_run=dry_run)
 
     def containers(self, labels: dict[str, str], *, running_only: bool = False) -> builtins.list[dict[str, Any]]:
         """The daemon's one-call listing (id, names, image, labels, state) of the containers with these labels.

@@ -39,6 +39,8 @@ class DockerBackendConfig:
         timeout_s: the timeout of one API call.
         build_timeout_s: the timeout of one image build.
         max_concurrent_creates: container creations in flight on this daemon at once.
+        holder_stock: ready network holders kept per run and gateway on this daemon for "gateway only"
+            sandboxes (docs/network.md); about the number started at once; 0: each made at its sandbox's start.
 
     >>> DockerBackendConfig(kind="docker_remote", host="tcp://10.0.0.5:2376").host_name()
     'tcp://10.0.0.5:2376'
@@ -55,11 +57,16 @@ class DockerBackendConfig:
     timeout_s: float = 60.0
     build_timeout_s: float = 1800.0
     max_concurrent_creates: int = 4
+    holder_stock: int = 4
 
     def validate(self) -> None:
         """Host, port and TLS files make sense (no I/O beyond checking that files exist); ConfigError if not."""
         from harbor_ray.backends.docker.endpoint import check_docker_host
+        from harbor_ray.errors import ConfigError
 
+        if not isinstance(self.holder_stock, int) or self.holder_stock < 0:
+            msg = f"backend.holder_stock: a count of 0 or more (0: no stock), not {self.holder_stock!r}"
+            raise ConfigError(msg)
         check_docker_host(self)
 
     def host_name(self) -> str | None:

@@ -40,7 +40,9 @@ __all__ = [
     "create_egress",
     "drop",
     "host_address",
+    "remove_container",
     "remove_egress",
+    "send",
     "sweep_networks",
     "unplug",
 ]
@@ -204,7 +206,7 @@ def unplug(client: Any, network: str, relays: list[str]) -> None:
     disconnections; waiting for them would add up across a burst of releases."""
     for relay in relays:
         body = {"Container": relay, "Force": True}
-        _send(client, "post", client.api._url("/networks/{0}/disconnect", network), 0.001, json=body)
+        send(client, "post", client.api._url("/networks/{0}/disconnect", network), 0.001, json=body)
 
 
 def drop(client: Any, network: str) -> None:
@@ -212,13 +214,13 @@ def drop(client: Any, network: str) -> None:
     briefly. A request sent is finished by the daemon even if this process ends right after (a pool ends its
     idle actors with ray.kill); a refusal (a relay still on it) is retried in the background; what a crash
     leaves is swept (`sweep_networks`)."""
-    answer = _send(client, "delete", client.api._url("/networks/{0}", network), _DROP_ANSWER_S)
+    answer = send(client, "delete", client.api._url("/networks/{0}", network), _DROP_ANSWER_S)
     if answer in (200, 204, 404):
         return
     _REMOVER.submit(_remove_quietly, client, network)  # refused, or still under way: make sure it goes
 
 
-def _send(client: Any, method: str, url: str, read_timeout_s: float, **kwargs: Any) -> int | None:
+def send(client: Any, method: str, url: str, read_timeout_s: float, **kwargs: Any) -> int | None:
     """Send one API request (`url` from the SDK's own `_url`, versioned and quoted); its status when it is
     answered within `read_timeout_s`, else None: sent, and the daemon carries a request through once it has
     read it, whether or not the client waits for the answer."""
@@ -308,11 +310,10 @@ def sweep_networks(client: Any, prefix: str, *, dry_run: bool = False, grace_s: 
     """
     L.check_prefix(prefix, key="prefix")
     run = f"{L.RUN}={prefix}"
-    sandboxes = {
-        name.lstrip("/")
-        for c in client.api.containers(all=True, filters={"label": [run]})
-        for name in c.get("Names") or []
-    }
+    every = client.api.containers(all=True, filters={"label": [run]})
+    sandboxes = {name.lstrip("/") for c in every for name in c.get("Names") or []}
+    # a holder's network is named after the holder's first name (it is renamed when claimed): its label says it
+    sandboxes |= {(c.get("Labels") or {}).get(L.EGRESS_NET, "") for c in every}
     swept = []
     for n in _networks(client, {L.RUN: prefix, L.KIND: "network"}):
         labels = n.get("Labels") or {}
@@ -322,7 +323,8 @@ def sweep_networks(client: Any, prefix: str, *, dry_run: bool = False, grace_s: 
             young = False
         if young and L.process_gone(labels.get(L.PROCESS, "")):
             young = False  # the process that made it ended: no sandbox of it is coming
-        if labels.get(L.RUN) != prefix or young or labels.get(L.SANDBOX, "") in sandboxes:
+        in_use = labels.get(L.SANDBOX, "") in sandboxes or n["Name"] in sandboxes
+        if labels.get(L.RUN) != prefix or young or in_use:
             continue
         if dry_run or _remove_network(client, n["Name"]):
             swept.append(n["Name"])
@@ -332,7 +334,7 @@ def sweep_networks(client: Any, prefix: str, *, dry_run: bool = False, grace_s: 
 
 
 def clean_networks(client: Any, prefix: str, dry_run: bool = False) -> list[tuple[str, str]]:
-    """Remove (or list) the relays, forwarders and networks labeled harbor-run=<prefix>; return (kind, name)s.
+    """Remove (or list) the holders, relays, forwarders and networks labeled harbor-run=<prefix>; (kind, name)s.
 
     Run after the run's sandboxes are gone (`clean` removes them first): a relay goes even if it still
     served one. A network still used by a sandbox of ours is left (and logged).
@@ -342,12 +344,14 @@ def clean_networks(client: Any, prefix: str, dry_run: bool = False) -> list[tupl
     L.check_prefix(prefix, key="prefix")
     run = f"{L.RUN}={prefix}"
     found: list[tuple[str, str]] = []
-    for kind in ("relay", "forwarder"):  # forwarders: one per sandbox in versions before the shared relay
+    # holders: network namespaces of sandboxes (harbor_ray.backends.docker.holders); forwarders: one per sandbox
+    # in versions before the shared relay
+    for kind in ("holder", "relay", "forwarder"):
         for c in client.api.containers(all=True, filters={"label": [run, f"{L.KIND}={kind}"]}):
             if (c.get("Labels") or {}).get(L.RUN) == prefix:
                 found.append((kind, c["Names"][0].lstrip("/")))
                 if not dry_run:
-                    _remove_container(client, c["Id"])
+                    remove_container(client, c["Id"])
     for n in _networks(client, {L.RUN: prefix, L.KIND: "network"}):
         if (n.get("Labels") or {}).get(L.RUN) != prefix:
             continue
@@ -361,7 +365,7 @@ def clean_networks(client: Any, prefix: str, dry_run: bool = False) -> list[tupl
     return sorted(found)
 
 
-def _remove_container(client: Any, ref: str) -> None:
+def remove_container(client: Any, ref: str) -> None:
     import docker.errors
 
     try:
