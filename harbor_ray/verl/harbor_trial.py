@@ -75,8 +75,9 @@ class HarborTrialAgentLoop(AgentLoopBase):
         reward_key / reward_keys: the reward that becomes `reward_score`; keys also logged as `harbor/<key>`.
         termination_policy: reason -> train | zero | mask, over harbor_ray's defaults.
         rewrite_policy: what a session whose agent rewrote its history gives (`last_segment` or `mask`).
-        gateway_host: the address the gateway listens on: `auto` = the Docker bridge address for a local Docker
-            backend (reachable from the sandbox's forwarder), else this Ray node's IP.
+        gateway_host: the address the gateway listens on: `auto` = the Docker bridge address when every sandbox
+            is on this node's local daemon (a one-node Ray cluster, no remote daemon), else this Ray node's IP
+            (sandboxes on other hosts' daemons reach it through their relay); see `gateway_address`.
         trials_dir: where Harbor writes trial directories.
         task_root: as for `harbor_sandbox`.
         max_retries: tries after the first when the trial fails for infrastructure (`env_setup_failed`,
@@ -341,15 +342,31 @@ class HarborTrialAgentLoop(AgentLoopBase):
 
 
 def gateway_address(cfg: Config) -> str:
-    """Where sandboxes (through their forwarder) and host-side agents both reach the gateway."""
-    if cfg.backend.kind == "docker" and not getattr(cfg.backend, "host", None):
+    """Where sandboxes (through their relay) and host-side agents both reach the gateway.
+
+    The Docker bridge address of this node's daemon (e.g. 172.17.0.1, out of other machines' reach) only when
+    every sandbox is certainly made by that daemon: a local Docker backend, no remote daemon in `pool.hosts`,
+    and a Ray cluster of one node. Otherwise this Ray node's IP, which a relay on another host's daemon routes
+    to (a bridge address there names that host's own bridge: the trial's model calls would go nowhere).
+    """
+    import ray
+
+    if cfg.backend.kind == "docker" and not getattr(cfg.backend, "host", None) and _one_daemon(cfg):
         from harbor_ray.backends import make_backend
         from harbor_ray.backends.docker.network import host_address
 
         return host_address(make_backend(cfg.backend).client)  # type: ignore[attr-defined]
+    return str(ray.util.get_node_ip_address())
+
+
+def _one_daemon(cfg: Config) -> bool:
+    """Can the pool's sandboxes only be on this node's daemon? (Decided per trial: nodes may join later.)"""
     import ray
 
-    return str(ray.util.get_node_ip_address())
+    remote = [h for h in cfg.pool.hosts or () if str(h.get("url") or "unix://").split(":", 1)[0] != "unix"]
+    if remote:
+        return False
+    return not ray.is_initialized() or sum(1 for node in ray.nodes() if node.get("Alive")) <= 1
 
 
 def _instruction(task_dir: Path | None) -> str | None:

@@ -94,3 +94,15 @@ def test_harbor_ppo_extends_verls_ppo_trainer() -> None:
     assert config.actor_rollout_ref.rollout.agent.agent_loop_config_path == "conf/verl/agent_loop.yaml"
     assert config.trainer.project_name  # a key only verl's tree defines
     assert (CONF_VERL / "agent_loop.yaml").is_file()
+
+
+def test_gateway_auto_binds_the_node_ip_when_a_pool_host_is_another_daemon() -> None:
+    # A relay on another host's daemon cannot reach this machine's Docker bridge address (each host has its own):
+    # `gateway_host: auto` must bind the node's IP (tests/hosts/test_verl_hosts.py runs it across hosts).
+    import ray
+
+    from harbor_ray.config import load_config
+    from harbor_ray.verl.harbor_trial import gateway_address
+
+    cfg = load_config(["backend=docker", "pool.hosts=[{name: a, url: 'tcp://192.0.2.9:2376', slots: 2}]"])
+    assert gateway_address(cfg) == ray.util.get_node_ip_address()

@@ -86,17 +86,22 @@ def _batch(worker: Any, tmp_path: Path, names: list[str]) -> Any:
     return batch
 
 
-def _worker(tiny_model: Path, loops: Path, manager: Any, *extra: str) -> Any:
-    """verl's real AgentLoopWorker over the scripted server manager, with the agent loops of `loops`."""
-    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
-
+def _worker_config(tiny_model: Path, loops: Path, *extra: str) -> Any:
+    """verl's trainer config for an AgentLoopWorker of the tiny model with the agent loops of `loops`."""
     overrides = [
         f"actor_rollout_ref.model.path={tiny_model}",
         "actor_rollout_ref.rollout.name=vllm",
         *extra,
         f"actor_rollout_ref.rollout.agent.agent_loop_config_path={loops}",
     ]
-    return AgentLoopWorker(compose_verl(overrides), manager, None, [])
+    return compose_verl(overrides)
+
+
+def _worker(tiny_model: Path, loops: Path, manager: Any, *extra: str) -> Any:
+    """verl's real AgentLoopWorker over the scripted server manager, with the agent loops of `loops`."""
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+
+    return AgentLoopWorker(_worker_config(tiny_model, loops, *extra), manager, None, [])
 
 
 def _sample(out: Any, i: int) -> dict[str, Any]:

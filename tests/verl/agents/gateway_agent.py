@@ -32,6 +32,8 @@ try:
     print(urllib.request.urlopen(req, timeout=60).read().decode())
 except urllib.error.HTTPError as e:
     print(json.dumps({"http_error": e.code, "body": e.read().decode()}))
+except OSError as e:  # not answered at all (refused, reset, timed out): say so rather than print nothing
+    print(json.dumps({"http_error": type(e).__name__, "body": str(e)}))
 """
 
 PROBE = """
