@@ -27,6 +27,9 @@ RELAYS = "harbor-ray/relays"  # on a "gateway only" sandbox: the relays on its n
 HOLDER = "harbor-ray/holder"  # on a "gateway only" sandbox: the id of the container holding its network namespace
 HOLDER_KEY = "harbor-ray/holder-key"  # on a network holder: a hash of its endpoints and TTL (who may claim it)
 
+# containers of ours that serve sandboxes and are none: they take no slot and are never listed as sandboxes
+COMPANION_KINDS = frozenset({"relay", "holder", "forwarder"})  # docs/network.md
+
 _PREFIX_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 
 

@@ -66,6 +66,32 @@ def test_healthy_local_docker_passes(run_label):
 
 
 @pytest.mark.docker
+def test_relays_and_network_holders_take_no_slot(run_label, docker_client):
+    """Free slots count sandboxes: a run's relay and network holder (docs/network.md) serve sandboxes, and a
+    pool with its gateway up would otherwise see its own free slots shrink by them."""
+    from harbor_ray import labels as L
+    from harbor_ray.backends.images import BUSYBOX_IMAGE
+
+    made = [
+        docker_client.containers.run(
+            BUSYBOX_IMAGE,
+            ["sleep", "120"],
+            name=f"{run_label}-{kind}",
+            labels={L.RUN: run_label, L.KIND: kind},
+            network_mode="none",
+            detach=True,
+        )  # fmt: skip
+        for kind in ("relay", "holder", "sandbox")
+    ]
+    try:
+        done = dryrun(f"run_label={run_label}", "backend.slots=1000")
+        assert f", 1 of {run_label})" in line(done.stdout, "free slots"), done.stdout
+    finally:
+        for c in made:
+            c.remove(force=True)
+
+
+@pytest.mark.docker
 def test_json_is_one_object_on_stdout(run_label):
     overrides = ["sandbox.network=true", "sandbox.pids_limit=64", "sandbox.read_only_root=true"]
     done = dryrun("--json", f"run_label={run_label}", "backend.slots=1000", *overrides)

@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 _BUILD_LOCKS = KeyedLocks()
 _LOG_TAIL_LINES = 15
-_COMPANIONS = {"relay", "holder", "forwarder"}  # containers of ours that serve sandboxes and are none (docs/network.md)
 
 
 def _typed_connection_errors[F: Callable[..., Any]](method: F) -> F:
@@ -339,7 +338,7 @@ class DockerBackend:
         return [
             SandboxHandle("docker", c["Id"], c["Names"][0].lstrip("/"), self.endpoint.url, c["Image"], c["Labels"])
             for c in self.containers(labels)
-            if (c.get("Labels") or {}).get(L.KIND) not in _COMPANIONS
+            if (c.get("Labels") or {}).get(L.KIND) not in L.COMPANION_KINDS
         ]
 
     @_typed_connection_errors

@@ -286,8 +286,10 @@ def check_probe(p: DockerProbe) -> Check:
 
 
 def check_slots(p: DockerProbe) -> Check:
-    """Running containers carrying our run label (any run) vs backend.slots."""
-    running = p.backend.containers({L.RUN: ""}, running_only=True)
+    """Running sandboxes carrying our run label (any run) vs backend.slots; relays and network holders serve
+    sandboxes and take no slot."""
+    listed = p.backend.containers({L.RUN: ""}, running_only=True)
+    running = [c for c in listed if (c["Labels"] or {}).get(L.KIND) not in L.COMPANION_KINDS]
     mine = sum((c["Labels"] or {}).get(L.RUN) == p.cfg.run_label for c in running)
     slots = p.cfg.backend.slots
     free = slots - len(running)
