@@ -7,6 +7,7 @@ dockerd and Ray node, and the head with the machine's daemon as host `local`), s
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 from support.gvisor import runsc_wrapper
 from support.hosts import TestHosts
+from support.procs import HarnessError
 
 from harbor_ray import labels as L
 
@@ -31,7 +33,23 @@ def test_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestHosts]:
 @pytest.fixture
 def hosts(test_hosts: TestHosts) -> TestHosts:
     test_hosts.connect()
+    heal(test_hosts)
     return test_hosts
+
+
+def heal(hosts: TestHosts) -> None:
+    """Every test starts from healthy hosts, whatever faults an earlier test left (a failed test may never reach
+    its own restore): network up, daemon port open, dockerd thawed and running, the host's Ray node alive."""
+    for host in hosts.remote:
+        host.restore()
+        with contextlib.suppress(HarnessError):
+            while True:  # one DROP rule per block_daemon
+                host.unblock_daemon()
+        if host.dockerd is not None and host.dockerd.running():
+            host.thaw_docker()  # SIGCONT: harmless when it was not frozen
+        host.start_docker()  # when stopped or killed
+        if not hosts.node_alive(host):
+            host.start_ray()
 
 
 def left_on(hosts: TestHosts, label: str) -> dict[str, list[str]]:
