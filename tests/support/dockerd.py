@@ -140,17 +140,7 @@ class Dockerd:
 
     def load_images(self, refs: list[str]) -> None:
         """`docker save` each ref on the machine's main daemon, `docker load` it here (no registry)."""
-        import docker
-
-        main = docker.from_env(timeout=300)
-        here = self.client(timeout=300)
-        for ref in refs:
-            with tempfile.TemporaryFile(dir=self.root) as tar:
-                for chunk in main.images.get(ref).save(named=True):
-                    tar.write(chunk)
-                tar.seek(0)
-                here.images.load(tar)
-            here.images.get(ref)  # present now, or raise
+        copy_images(self.client(timeout=300), refs, self.root)
 
     # -- teardown ----------------------------------------------------------------------------------------------
 
@@ -209,3 +199,18 @@ def _name(p: psutil.Process) -> str:
         return p.name()
     except psutil.Error:
         return ""
+
+
+def copy_images(here: Any, refs: list[str], scratch: Path) -> None:
+    """`docker save` each ref on the machine's main daemon and `docker load` it on the daemon of client `here`
+    (no registry), through a temporary file in `scratch`."""
+    import docker
+
+    main = docker.from_env(timeout=300)
+    for ref in refs:
+        with tempfile.TemporaryFile(dir=scratch) as tar:
+            for chunk in main.images.get(ref).save(named=True):
+                tar.write(chunk)
+            tar.seek(0)
+            here.images.load(tar)
+        here.images.get(ref)  # present now, or raise

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from support.dockerd import copy_images
 from support.netns import in_ns, ns_argv, run
 from support.procs import die_with_parent, wait_ready
 
@@ -99,15 +100,7 @@ class GvisorDockerd:
                 start_new_session=True,
             )  # fmt: skip
         wait_ready("the gVisor test dockerd", lambda: bool(self.client(5).ping()), timeout, self.proc, self.log)
-        import docker
-
-        main, here = docker.from_env(timeout=300), self.client(300)
-        for ref in images:
-            with tempfile.TemporaryFile(dir=self.root) as tar:
-                for chunk in main.images.get(ref).save(named=True):
-                    tar.write(chunk)
-                tar.seek(0)
-                here.images.load(tar)
+        copy_images(self.client(300), images, self.root)
 
     def remove(self) -> None:
         """Remove its containers, stop it (SIGTERM, then SIGKILL), kill what still runs from its directory

@@ -51,8 +51,6 @@ _REFILL_DELAY_S = 1.0
 _MAKER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="harbor-ray-holder-stock")
 _HOLDERS: weakref.WeakKeyDictionary[Any, Holders] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
-_LAST_SWEEP: dict[tuple[int, str], float] = {}
-_SWEEP_EVERY_S = 60.0
 
 
 class _Pending:
@@ -129,7 +127,7 @@ class Holders:
         if stock > 0:  # one more made in the background for each taken, while the stock is below its size
             _PENDING.acquire()
             _MAKER.submit(self._refill, key, dict(sandbox_labels), endpoints, ttl_s, stock)
-        _maybe_sweep(self.client, run)
+        N.sweep_soon(self.client, run, sweep, "holders", _MAKER)
         return holder
 
     def settle(self, holder: Holder, sandbox: str) -> None:
@@ -326,24 +324,6 @@ def _age(labels: dict[str, str]) -> float:
         return time.time() - int(labels.get(L.CREATED, "0"))
     except ValueError:
         return float("inf")
-
-
-def _maybe_sweep(client: Any, run: str) -> None:
-    """At most once a minute per process and run (not on its first start), sweep in the background."""
-    key, now = (id(client), run), time.monotonic()
-    with _LOCK:
-        last = _LAST_SWEEP.setdefault(key, now)
-        if now - last < _SWEEP_EVERY_S:
-            return
-        _LAST_SWEEP[key] = now
-    _MAKER.submit(_sweep_quietly, client, run)
-
-
-def _sweep_quietly(client: Any, run: str) -> None:
-    try:
-        sweep(client, run)
-    except Exception as e:
-        log.warning("sweep of %s holders failed: %s", run, first_line(e))
 
 
 def orphans(client: Any, prefix: str, grace_s: float = CLAIM_GRACE_S) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,7 +64,8 @@ _MAX_ENDPOINTS = 12  # a /28 holds 13 addresses after the gateway's: the sandbox
 _JOINER = ThreadPoolExecutor(max_workers=8, thread_name_prefix="harbor-ray-relay-join")
 _REMOVER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="harbor-ray-net-remove")
 _RELAYS: weakref.WeakKeyDictionary[Any, Relays] = weakref.WeakKeyDictionary()
-_LAST_SWEEP: dict[tuple[int, str], float] = {}
+_LAST_SWEEP: dict[tuple[int, str, str], float] = {}
+_SWEEP_LOCK = threading.Lock()
 _LOCK = threading.Lock()
 
 
@@ -155,7 +156,7 @@ def create_egress(
         for endpoint, address in places:
             relays.check(run, endpoint, ttl_s, network, address)
 
-    _maybe_sweep(client, run)
+    sweep_soon(client, run, sweep_networks, "networks", _REMOVER)
     hosts = {e.name: address for e, address in places}
     sandbox_address = str(list(subnet.hosts())[1])
     return Egress(network, sandbox_address, hosts, names, _JOINER.submit(join_all), check_all)
@@ -290,22 +291,23 @@ def _networks(client: Any, labels: dict[str, str]) -> list[dict[str, Any]]:
     return list(client.api.networks(filters={"label": [f"{k}={v}" for k, v in labels.items()]}))
 
 
-def _maybe_sweep(client: Any, run: str) -> None:
-    """At most once a minute per process and run, sweep in the background what ended processes left."""
-    key, now = (id(client), run), time.monotonic()
-    with _LOCK:
-        last = _LAST_SWEEP.setdefault(key, now)  # not on a process's first create: a burst would sweep N times
+def sweep_soon(client: Any, run: str, sweep: Callable[[Any, str], Any], what: str, executor: Executor) -> None:
+    """`sweep(client, run)` in the background, at most once a minute per process, run and `what` (networks,
+    holders): never on a process's first call, or a burst of creates would sweep N times."""
+    key, now = (id(client), run, what), time.monotonic()
+    with _SWEEP_LOCK:
+        last = _LAST_SWEEP.setdefault(key, now)
         if now - last < _SWEEP_EVERY_S:
             return
         _LAST_SWEEP[key] = now
-    _REMOVER.submit(_sweep_quietly, client, run)
+    executor.submit(_sweep_quietly, sweep, client, run, what)
 
 
-def _sweep_quietly(client: Any, run: str) -> None:
+def _sweep_quietly(sweep: Callable[[Any, str], Any], client: Any, run: str, what: str) -> None:
     try:
-        sweep_networks(client, run)
+        sweep(client, run)
     except Exception as e:
-        log.warning("sweep of %s networks failed: %s", run, first_line(e))
+        log.warning("sweep of %s %s failed: %s", run, what, first_line(e))
 
 
 def sweep_networks(client: Any, prefix: str, *, dry_run: bool = False, grace_s: float = SWEEP_GRACE_S) -> list[str]:
