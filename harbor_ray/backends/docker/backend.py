@@ -288,11 +288,11 @@ class DockerBackend:
     @_typed_connection_errors
     def destroy(self, handle: SandboxHandle) -> None:
         network, holder = handle.labels.get(L.EGRESS_NET), handle.labels.get(L.HOLDER)
-        relays = [r for r in handle.labels.get(L.RELAYS, "").split(",") if r]
         if holder and network:  # the sandbox goes (waited for), its holder and network after it (sent)
             self._remove_quietly(handle.id)
-            H.release(self.client, holder, network, relays)
+            H.release(self.client, holder, network)
             return
+        relays = [r for r in handle.labels.get(L.RELAYS, "").split(",") if r]
         if network:  # on its own network (before holders): the relays leave it while the container goes
             N.unplug(self.client, network, relays)
         self._remove_quietly(handle.id)

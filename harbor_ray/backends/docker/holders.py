@@ -213,9 +213,7 @@ class Holders:
         import docker.errors
 
         prefix = f"{run}-stock-{key}-"
-        found = self.client.api.containers(
-            filters={"label": [f"{L.RUN}={run}", f"{L.KIND}=holder", f"{L.HOLDER_KEY}={key}"], "status": "running"}
-        )
+        found = self._stock(run, key, running_only=True)
         random.shuffle(found)  # claimants racing start at different holders
         for c in found:
             names = [n.lstrip("/") for n in c.get("Names") or []]
@@ -257,19 +255,21 @@ class Holders:
         finally:
             _PENDING.release()
 
-    def _stock(self, run: str, key: str) -> list[dict[str, Any]]:
+    def _stock(self, run: str, key: str, *, running_only: bool = False) -> list[dict[str, Any]]:
+        """The stock holders of this run and key on the daemon (claimed ones are renamed out of it)."""
         prefix = f"/{run}-stock-{key}-"
-        found = self.client.api.containers(
-            all=True, filters={"label": [f"{L.RUN}={run}", f"{L.KIND}=holder", f"{L.HOLDER_KEY}={key}"]}
-        )
+        filters: dict[str, Any] = {"label": [f"{L.RUN}={run}", f"{L.KIND}=holder", f"{L.HOLDER_KEY}={key}"]}
+        if running_only:
+            filters["status"] = "running"
+        found = self.client.api.containers(all=not running_only, filters=filters)
         return [c for c in found if any(n.startswith(prefix) for n in c.get("Names") or [])]
 
 
-def release(client: Any, holder: str, network: str, relays: list[str]) -> None:
+def release(client: Any, holder: str, network: str) -> None:
     """Once the sandbox's container is gone: have the daemon remove the holder (sent, not waited for: the daemon
     finishes what it has read), then take the relays off the network and remove it in the background (a process
-    that ends first leaves the network, joined by the relays, to the next sweep: its holder is gone). `relays`:
-    unused, the network's own listing says which relays are on it."""
+    that ends first leaves the network, joined by the relays, to the next sweep: its holder is gone); the
+    network's own listing says which relays are on it."""
     N.send(client, "delete", client.api._url("/containers/{0}", holder), _SEND_S, params={"force": True})
     # the relays are taken off and the network removed once the holder is gone, by a thread (or the next sweep)
     N.drop_later(client, network)
