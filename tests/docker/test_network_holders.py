@@ -268,7 +268,48 @@ def test_the_sweep_takes_stock_of_ended_processes_and_holders_of_lost_sandboxes(
     ) and not _holders(backend, run_label), 15)  # fmt: skip
 
 
+@pytest.mark.usefixtures("nothing_left")
+def test_by_default_the_stock_grows_to_the_largest_burst_and_no_further(run_label: str, gateway: str) -> None:
+    """The default size is the daemon's slots (16): the stock is what the bursts claimed, not 16 idle holders."""
+    default = DockerBackendConfig()
+    assert default.holder_stock is None
+    assert default.holder_stock_size() == default.slots == 16
+    looker = DockerBackend(default)
+
+    def burst(n: int) -> tuple[list[str], list[str]]:
+        """n concurrent starts, each its own client (as actor processes); their holders' ids and the stock's
+        ids before, then everything destroyed."""
+        before = list(_stock(looker, run_label).values())
+        backends = [DockerBackend(default) for _ in range(n)]
+        with ThreadPoolExecutor(n) as pool:
+            started = [pool.submit(b.create, _spec(run_label, gateway), BASE_IMAGE) for b in backends]
+        handles = [f.result() for f in started if f.exception() is None]
+        try:
+            assert [f.exception() for f in started] == [None] * n
+            return [h.labels[L.HOLDER] for h in handles], before
+        finally:
+            for b, handle in zip(backends, handles, strict=False):
+                b.destroy(handle)
+            assert H.refills_done(60)
+
+    used, before = burst(2)
+    assert before == []  # an empty stock: both made at the start
+    assert len(set(used)) == 2
+    assert len(_stock(looker, run_label)) == 2  # each claim replaced, no more
+    used, before = burst(2)
+    assert set(used) == set(before)  # the second burst of 2 came from the stock
+    assert len(_stock(looker, run_label)) == 2
+    used, before = burst(3)  # a larger burst: 2 from the stock, 1 made; the stock grows to 3
+    assert len(set(used) & set(before)) == 2
+    assert len(_stock(looker, run_label)) == 3
+
+
 def test_holder_stock_must_be_a_count() -> None:
     with pytest.raises(ConfigError, match=r"^backend\.holder_stock: a count of 0 or more") as e:
         DockerBackendConfig(holder_stock=-1).validate()
     assert "\n" not in str(e.value)
+    for bad in (True, "auto", 2.5):
+        with pytest.raises(ConfigError, match=r"^backend\.holder_stock: .*null: backend\.slots"):
+            DockerBackendConfig(holder_stock=bad).validate()  # type: ignore[arg-type]
+    DockerBackendConfig(holder_stock=None).validate()
+    DockerBackendConfig(holder_stock=0).validate()

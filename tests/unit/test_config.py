@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from harbor_ray.backends.docker.config import DockerBackendConfig
 from harbor_ray.backends.kubernetes.config import K8sBackendConfig
@@ -42,6 +43,26 @@ def test_backend_group_selects_kind(backend: str, tmp_path: Path) -> None:
     assert cfg.backend.kind == backend
     expected = K8sBackendConfig if backend == "k8s" else DockerBackendConfig
     assert isinstance(cfg.backend, expected)
+
+
+@pytest.mark.parametrize("backend", ["docker", "docker_remote", "k8s"])
+def test_every_backend_setting_is_an_override(backend: str, tmp_path: Path) -> None:
+    """Each field of the backend's settings is in its conf/backend/<kind>.yaml: Hydra refuses an override of a
+    key the group's file lacks (`backend.holder_stock=2` once was "unknown key")."""
+    import dataclasses
+
+    from harbor_ray.backends import entry
+
+    cls = entry(backend).config_class
+    layout = yaml.safe_load((ROOT / "conf" / "backend" / f"{backend}.yaml").read_text())
+    assert sorted(f.name for f in dataclasses.fields(cls) if f.name not in layout) == []
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (tmp_path / name).write_text("x")
+    base = [f"backend={backend}", *([f"backend.tls.cert_path={tmp_path}"] if backend == "docker_remote" else [])]
+    assert load_config([*base, "backend.build_timeout_s=60"]).backend.build_timeout_s == 60
+    if backend != "k8s":
+        assert load_config([*base, "backend.holder_stock=2"]).backend.holder_stock == 2
+        assert load_config(base).backend.holder_stock is None  # the daemon's slots
 
 
 def test_overrides_reach_every_section() -> None:

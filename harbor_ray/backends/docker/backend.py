@@ -230,7 +230,7 @@ class DockerBackend:
         if egress.restricted(spec):
             # the network namespace of a holder (from the stock, else made now): docs/network.md
             holders = H.holders_of(self.client)
-            holder = holders.take(name, labels, endpoints, spec.ttl_s, self.config.holder_stock)
+            holder = holders.take(name, labels, endpoints, spec.ttl_s, self.config.holder_stock_size())
             labels[L.EGRESS_NET], labels[L.RELAYS] = holder.network, ",".join(holder.relays)
             labels[L.HOLDER] = holder.id
             # hostname, /etc/hosts and DNS are the holder's: Docker refuses them with a container: network

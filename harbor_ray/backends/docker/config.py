@@ -39,8 +39,10 @@ class DockerBackendConfig:
         timeout_s: the timeout of one API call.
         build_timeout_s: the timeout of one image build.
         max_concurrent_creates: container creations in flight on this daemon at once.
-        holder_stock: ready network holders kept per run and gateway on this daemon for "gateway only"
-            sandboxes (docs/network.md); about the number started at once; 0: each made at its sandbox's start.
+        holder_stock: at most this many ready network holders kept per run and gateway on this daemon for
+            "gateway only" sandboxes (docs/network.md); each start replaces the one it took, so the stock grows
+            to the largest burst seen and no further; null (the default): `slots`; 0: each made at its
+            sandbox's start.
 
     >>> DockerBackendConfig(kind="docker_remote", host="tcp://10.0.0.5:2376").host_name()
     'tcp://10.0.0.5:2376'
@@ -57,17 +59,28 @@ class DockerBackendConfig:
     timeout_s: float = 60.0
     build_timeout_s: float = 1800.0
     max_concurrent_creates: int = 4
-    holder_stock: int = 4
+    holder_stock: int | None = None
 
     def validate(self) -> None:
         """Host, port and TLS files make sense (no I/O beyond checking that files exist); ConfigError if not."""
         from harbor_ray.backends.docker.endpoint import check_docker_host
         from harbor_ray.errors import ConfigError
 
-        if not isinstance(self.holder_stock, int) or self.holder_stock < 0:
-            msg = f"backend.holder_stock: a count of 0 or more (0: no stock), not {self.holder_stock!r}"
+        stock = self.holder_stock
+        if stock is not None and (not isinstance(stock, int) or isinstance(stock, bool) or stock < 0):
+            msg = f"backend.holder_stock: a count of 0 or more (0: no stock; null: backend.slots), not {stock!r}"
             raise ConfigError(msg)
         check_docker_host(self)
+
+    def holder_stock_size(self) -> int:
+        """The most ready holders kept (`holder_stock`, else as many as the daemon serves at once).
+
+        >>> DockerBackendConfig(slots=8).holder_stock_size(), DockerBackendConfig(holder_stock=0).holder_stock_size()
+        (8, 0)
+        """
+        if self.holder_stock is not None:
+            return self.holder_stock
+        return self.slots or DockerBackendConfig.slots  # slots 0: the pool's max_sandboxes bounds the burst
 
     def host_name(self) -> str | None:
         """The one place sandboxes go, or None for the local daemon of whichever Ray node runs the actor."""
