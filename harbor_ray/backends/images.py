@@ -1,7 +1,9 @@
 """Image identity: a content hash of a task's environment directory, and build-once bookkeeping.
 
 Two tasks whose environment directories hold the same bytes get the same tag and so share one
-image; changing any file (or its mode) changes the tag and forces a rebuild.
+image; changing any file (or its mode) changes the tag and forces a rebuild. The hash covers exactly what
+`docker build` sends: every path the directory's `.dockerignore` does not exclude (`.git` included, so a
+repository's new commit is a new image).
 """
 
 from __future__ import annotations
@@ -18,28 +20,38 @@ from harbor_ray.errors import TaskError
 ENV_REPO = "harbor-ray/env"
 BASE_IMAGE = "harbor-ray/base:bookworm"
 BUSYBOX_IMAGE = "harbor-ray/busybox:latest"
-_IGNORED = {".git", "__pycache__", ".DS_Store"}
 
 
 def context_hash(context: str | os.PathLike[str]) -> str:
-    """sha256 over every file's relative path, mode and bytes, in a stable order."""
+    """sha256 over every path the build context sends (`context_paths`): relative path, mode, bytes (a link's
+    target), in a stable order."""
     root = Path(context)
+    digest = hashlib.sha256()
+    for rel in context_paths(root):
+        path = root / rel
+        digest.update(f"{rel}\0{path.lstat().st_mode & 0o777:o}\0".encode())
+        if path.is_symlink():
+            digest.update(os.readlink(path).encode())
+        elif path.is_file():
+            digest.update(path.read_bytes())
+        else:
+            digest.update(b"/")  # a directory: its mode counts (an empty one is in the image too)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def context_paths(root: Path) -> list[str]:
+    """What the Docker SDK puts in the build context of `root`: every path its `.dockerignore` (read as the SDK
+    reads it) does not exclude, the Dockerfile always; TaskError when there is no Dockerfile."""
+    from docker.utils.build import exclude_paths
+
     if not (root / "Dockerfile").is_file():
         msg = f"{root}/Dockerfile: missing; a task's environment/ directory needs a Dockerfile"
         raise TaskError(msg)
-    digest = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in _IGNORED)
-        for name in sorted(f for f in filenames if f not in _IGNORED):
-            path = Path(dirpath) / name
-            rel = path.relative_to(root).as_posix()
-            digest.update(f"{rel}\0{path.lstat().st_mode & 0o777:o}\0".encode())
-            if path.is_symlink():
-                digest.update(os.readlink(path).encode())
-            else:
-                digest.update(path.read_bytes())
-            digest.update(b"\0")
-    return digest.hexdigest()
+    ignore = root / ".dockerignore"
+    lines = [line.strip() for line in ignore.read_text().splitlines()] if ignore.is_file() else []
+    patterns = [line for line in lines if line and not line.startswith("#")]
+    return sorted(p.replace(os.sep, "/") for p in exclude_paths(str(root), patterns))
 
 
 def env_image_tag(context: str | os.PathLike[str]) -> str:
