@@ -33,6 +33,7 @@ import os
 import statistics
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -44,6 +45,8 @@ from harbor_ray.backends.docker.config import DockerBackendConfig
 from harbor_ray.backends.images import BUSYBOX_IMAGE
 from harbor_ray.config import PoolConfig
 from harbor_ray.pool import SandboxPool
+
+_REFILL_SETTLE_S = 0.5
 
 
 def uss_mb(pid: int) -> float:
@@ -100,7 +103,13 @@ def raw_round(client: docker.DockerClient, label: str, n: int, concurrency: int)
     return {"burst": started, "exec_all": exec_all, "release": removed}
 
 
-async def pool_round(pool: SandboxPool, spec: SandboxSpec, n: int, concurrency: int) -> dict[str, Any]:
+async def pool_round(
+    pool: SandboxPool,
+    spec: SandboxSpec,
+    n: int,
+    concurrency: int,
+    before_release: Callable[[], Awaitable[float]] | None = None,
+) -> dict[str, Any]:
     leases = [pool.lease(spec) for _ in range(n)]
     t = time.perf_counter()
     sandboxes = await asyncio.gather(*(lease.acquire() for lease in leases))
@@ -116,10 +125,11 @@ async def pool_round(pool: SandboxPool, spec: SandboxSpec, n: int, concurrency: 
     exec_all = time.perf_counter() - t
     infos = await asyncio.gather(*(s.actor.info.remote() for s in sandboxes))
     uss = [uss_mb(i["pid"]) for i in infos]
+    waited = await before_release() if before_release else 0.0
     t = time.perf_counter()
     await asyncio.gather(*(lease.release() for lease in leases))
     released = time.perf_counter() - t
-    return {"burst": started, "exec_all": exec_all, "release": released, "uss": uss}
+    return {"burst": started, "exec_all": exec_all, "release": released, "uss": uss, "waited": waited}
 
 
 async def stock_ready(client: docker.DockerClient, label: str, size: int, timeout_s: float = 60) -> float:
@@ -133,17 +143,32 @@ async def stock_ready(client: docker.DockerClient, label: str, size: int, timeou
     return time.perf_counter() - t
 
 
+async def released_gone(client: docker.DockerClient, label: str, timeout_s: float = 60) -> float:
+    """Wait until the released sandboxes' holders (which end a second after their sandbox) and their networks
+    are gone: only the stock and its networks are left; seconds waited."""
+    t = time.perf_counter()
+    while time.perf_counter() - t < timeout_s:
+        found = client.api.containers(all=True, filters={"label": [f"harbor-run={label}", "harbor-ray/kind=holder"]})
+        networks = client.api.networks(filters={"label": [f"harbor-run={label}", "harbor-ray/kind=network"]})
+        if all("-stock-" in c["Names"][0] for c in found) and len(networks) <= len(found):
+            break
+        await asyncio.sleep(0.1)
+    return time.perf_counter() - t
+
+
 async def gateway_main(
     args: argparse.Namespace, client: docker.DockerClient, label: str, pool: SandboxPool, plain: SandboxSpec
 ) -> None:
     """`--gateway`: the same pool bursts of N leases, "gateway only" sandboxes (each in a network holder's
     namespace from the daemon's stock, `--holder-stock` or the config's default, which grows to N;
     docs/network.md) against sandboxes without network, interleaved (A B, B A, ...), after one burst of each
-    that starts the N actor processes and the relay. After each gateway round the stock's background refill is
-    waited for (`stock_refill_s`), so that it does not run during the next round; a step of RL training between
-    two bursts leaves it that long. Prints
-    `gateway_create_ratio` (all leased) and `gateway_destroy_ratio` (all released), medians over the rounds,
-    with the absolute medians per burst and per sandbox (ms); the issue's target is 1.3 for both."""
+    that starts the N actor processes and the relay. The background work of the gateway rounds is kept out of
+    every measured phase: before the release, the stock's refill (begun a second after each claim; a trial
+    outlives it) is waited for (`stock_refill_s`, from the burst's end); after the release, the released
+    holders' end (a second after their sandbox) and their networks' removal (`holders_gone_s`), so that the next
+    round does not meet it. Prints `gateway_create_ratio` (all leased) and `gateway_destroy_ratio` (all
+    released), medians over the rounds, with the absolute medians per burst and per sandbox (ms); the issue's
+    target is 1.3 for both."""
     import socket
 
     from harbor_ray.backends.docker.holders import sweep
@@ -154,15 +179,25 @@ async def gateway_main(
     runs: dict[str, list[dict[str, Any]]] = {"plain": [], "gateway": []}
     relays = 0
     try:
+
+        async def refilled() -> float:
+            """The stock is back (its refills start a second after each claim): a trial outlives that, so its
+            sandbox's release does not meet them; then what the refills' last holders still do (relay joins)."""
+            waited = await stock_ready(client, label, args.stock_expected)
+            await asyncio.sleep(_REFILL_SETTLE_S)
+            return waited
+
         await pool_round(pool, plain, args.n, args.concurrency)  # warm-up: N actor processes, kept for reuse
-        await pool_round(pool, gated, args.n, args.concurrency)  # and the relay's start, the first stock
-        await stock_ready(client, label, args.stock_expected)
+        await pool_round(pool, gated, args.n, args.concurrency, refilled)  # the relay's start, the first stock
+        await released_gone(client, label)
         for i in range(args.rounds):
             for which in ("plain", "gateway") if i % 2 == 0 else ("gateway", "plain"):
-                spec = plain if which == "plain" else gated
-                runs[which].append(await pool_round(pool, spec, args.n, args.concurrency))
-                if which == "gateway":  # the stock's refill runs now, not during the next (plain) round
-                    runs[which][-1]["refill_s"] = await stock_ready(client, label, args.stock_expected)
+                gateway = which == "gateway"
+                spec, wait = (gated, refilled) if gateway else (plain, None)
+                runs[which].append(await pool_round(pool, spec, args.n, args.concurrency, wait))
+                if gateway:  # from the burst's end: the exec on every sandbox, then the refill
+                    runs[which][-1]["refill_s"] = runs[which][-1]["exec_all"] + runs[which][-1]["waited"]
+                    runs[which][-1]["gone_s"] = await released_gone(client, label)
         relays = len(client.api.containers(filters={"label": [f"harbor-run={label}", "harbor-ray/kind=relay"]}))
     finally:
         listener.close()
@@ -200,6 +235,7 @@ async def gateway_main(
                     "gateway": per_sandbox_ms("gateway", "release"),
                 },
                 "stock_refill_s": [round(r.get("refill_s", 0), 2) for r in runs["gateway"]],
+                "holders_gone_s": [round(r.get("gone_s", 0), 2) for r in runs["gateway"]],
                 "gateway_burst_s": [round(r["burst"], 2) for r in runs["gateway"]],
                 "plain_burst_s": [round(r["burst"], 2) for r in runs["plain"]],
                 "gateway_release_s": [round(r["release"], 2) for r in runs["gateway"]],

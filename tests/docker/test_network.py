@@ -415,8 +415,9 @@ def test_a_process_ending_right_after_destroy_leaves_its_network_to_the_next_swe
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    # the daemon finishes the holder's removal it was sent; the network's waited for it in a thread that died:
-    # the next sweep takes it at once (its maker is gone), and the relay is off it
+    # the daemon carries out the holder's stop it was sent (after a second's linger; then auto-removal); the
+    # network's removal waited for it in a thread that died: the next sweep takes it at once (its maker is
+    # gone), and the relay is off it
     deadline = time.monotonic() + 10
     while backend.client.api.containers(all=True, filters={"label": [f"{L.RUN}={run_label}", f"{L.KIND}=holder"]}):
         assert time.monotonic() < deadline, "the holder outlived its sandbox"

@@ -222,9 +222,16 @@ def drop(client: Any, network: str) -> None:
     _REMOVER.submit(_remove_quietly, client, network)  # refused, or still under way: make sure it goes
 
 
-def drop_later(client: Any, network: str) -> None:
-    """Remove a network in the background, once nothing is on it any more (or leave it to a sweep)."""
-    _REMOVER.submit(_remove_quietly, client, network)
+def drop_later(client: Any, network: str, after_s: float = 0.0) -> None:
+    """Remove a network in the background, `after_s` from now, once nothing is on it any more (or leave it to
+    a sweep)."""
+    due = time.monotonic() + after_s
+    _REMOVER.submit(_remove_when_due, client, network, due)
+
+
+def _remove_when_due(client: Any, network: str, due: float) -> None:
+    time.sleep(max(0.0, due - time.monotonic()))  # queued together, due together: no wait adds up
+    _remove_quietly(client, network)
 
 
 def send(client: Any, method: str, url: str, read_timeout_s: float, **kwargs: Any) -> int | None:
