@@ -10,7 +10,8 @@ deletes the host copy (always called when the trial ends, also when it is killed
 
 Why the host and not a root-only path in the sandbox: Harbor's agents run as root unless the task says otherwise,
 so nothing inside the sandbox is out of their reach. The only copy left in the sandbox is the short-lived tar
-written before the agent starts (removed before `hide` returns) and the one uploaded after it ends.
+written before the agent starts (removed before `hide` returns) and the one uploaded after it ends, both staged
+in the repository's top directory (not /tmp, which gVisor covers with a tmpfs of its own that uploads miss).
 
 The repository is the one containing `repo` (default: the task's workdir, else the image's WORKDIR); `.git` must
 be a directory (a worktree's or submodule's `.git` file is refused). Its tar must fit within
@@ -38,13 +39,15 @@ SQUASH_MESSAGE = "harbor-ray: the task's tree (its history is hidden during the 
 _GIT = "git -c safe.directory='*'"
 
 # Prints the repository's top directory, then the tar's size; exit 3: not a repository, 4: .git not a directory.
+# The tar is staged in the top directory itself (as `{name}`), never in /tmp: gVisor mounts its own tmpfs at /tmp,
+# where a file put from outside (the restore's upload) is not seen inside.
 _PACK = """set -e
 cd {cwd}
 top=$({git} rev-parse --show-toplevel 2>/dev/null) || {{ echo "no git repository at {cwd_raw}" >&2; exit 3; }}
 [ -d "$top/.git" ] || {{ echo "$top/.git is not a directory (a worktree or submodule)" >&2; exit 4; }}
-tar -C "$top" -cf {tar} .git
+tar -C "$top" -cf "$top/{name}" .git || {{ rm -f "$top/{name}"; exit 5; }}
 echo "$top"
-wc -c < {tar}
+wc -c < "$top/{name}"
 """
 
 # One parentless commit of HEAD's tree in a fresh .git; the original .git (and the tar) removed.
@@ -110,14 +113,19 @@ async def _run(sandbox: Any, script: str, what: str) -> str:
 
 async def hide(sandbox: Any, repo: str, *, limit_bytes: int) -> HiddenHistory:
     """Take the history of the repository containing `repo` out of the sandbox; see the module docstring."""
-    tar = f"/tmp/.harbor-ray-git-{uuid.uuid4().hex}.tar"
+    name = _staged_name()
     q = shlex.quote
     try:
         out = await _run(
-            sandbox, _PACK.format(cwd=q(repo), cwd_raw=repo.replace('"', ""), git=_GIT, tar=q(tar)), "packing .git"
+            sandbox, _PACK.format(cwd=q(repo), cwd_raw=repo.replace('"', ""), git=_GIT, name=name), "packing .git"
         )
-        lines = out.strip().splitlines()
-        top, size = lines[-2], int(lines[-1].strip())
+    except BaseException:  # cancelled mid-pack, say: the staged tar, wherever the top directory is
+        await _quietly(sandbox, f'cd {q(repo)} && rm -f "$({_GIT} rev-parse --show-toplevel)/{name}"')
+        raise
+    lines = out.strip().splitlines()
+    top, size = lines[-2], int(lines[-1].strip())
+    tar = f"{top}/{name}"
+    try:
         if size > limit_bytes:
             msg = (
                 f"hide_git_history: {top}/.git is {size} bytes as a tar, above sandbox.download_limit_bytes="
@@ -137,7 +145,7 @@ async def hide(sandbox: Any, repo: str, *, limit_bytes: int) -> HiddenHistory:
             hidden.discard()
             raise
     except BaseException:
-        await _remove_quietly(sandbox, tar)
+        await _quietly(sandbox, f"rm -f {shlex.quote(tar)}")
         raise
     log.debug("history of %s hidden (%d bytes kept on the host)", top, size)
     return hidden
@@ -147,20 +155,26 @@ async def restore(sandbox: Any, hidden: HiddenHistory) -> None:
     """Put the original `.git` back (once; later calls do nothing), then delete the host copy."""
     if hidden.restored:
         return
-    tar = f"/tmp/.harbor-ray-git-{uuid.uuid4().hex}.tar"
+    tar = f"{hidden.top}/{_staged_name()}"  # not /tmp: see _PACK
     try:
         await sandbox.upload(hidden.archive, tar)
         await _run(sandbox, _UNPACK.format(top=shlex.quote(hidden.top), tar=shlex.quote(tar)), "restoring .git")
     except BaseException:
-        await _remove_quietly(sandbox, tar)
+        await _quietly(sandbox, f"rm -f {shlex.quote(tar)}")
         raise
     hidden.restored = True
     hidden.discard()
 
 
-async def _remove_quietly(sandbox: Any, path: str) -> None:
-    """Best effort, never masking the error being raised (a dead sandbox takes its files with it)."""
+def _staged_name() -> str:
+    """The name of the tar staged in the repository's top directory while it crosses to or from the host."""
+    return f".harbor-ray-git-{uuid.uuid4().hex}.tar"
+
+
+async def _quietly(sandbox: Any, script: str) -> None:
+    """Run a clean-up (a staged tar's removal): best effort, never masking the error being raised (a dead sandbox
+    takes its files with it)."""
     try:
-        await asyncio.shield(sandbox.exec(f"rm -f {shlex.quote(path)}", user="0"))
+        await asyncio.shield(sandbox.exec(script, user="0"))
     except (HarborRayError, asyncio.CancelledError) as e:
-        log.debug("could not remove %s: %s", path, e)
+        log.debug("clean-up %r failed: %s", script, e)

@@ -8,6 +8,7 @@ Harbor's own Trial under gVisor on a test host is tests/hosts/test_gvisor.py.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.dockerd import copy_images
+from support.git_task import make_task
 from support.gvisor import GVISOR_BANNER, GVISOR_UNAME, GvisorDockerd
 
 from harbor_ray.backends.base import SandboxSpec
@@ -133,4 +136,40 @@ def test_run_checks_the_runtime_then_runs_the_batch_under_it(
     assert f"sandbox runtime: runsc registered at {gvisor_daemon.url} (" in done.stderr, done.stderr[-3000:]
     [trial] = [p for p in (tmp_path / "job").iterdir() if (p / "verifier" / "uname.txt").is_file()]
     assert (trial / "verifier" / "uname.txt").read_text().strip() == GVISOR_UNAME
+    assert ours(gvisor_daemon, run_label) == []
+
+
+@pytest.mark.harbor
+@pytest.mark.ray
+def test_hide_git_history_works_under_gvisor(gvisor_daemon: GvisorDockerd, run_label: str, tmp_path: Path) -> None:
+    """The history's tar crosses through the repository's own directory: gVisor covers /tmp with a tmpfs of its
+    own, where the restore's upload was not seen (the verifier then failed on a missing tar)."""
+    repo = make_task(tmp_path / "tasks")
+    task = repo["task"]
+    assert isinstance(task, Path)
+    # its image (git from Debian's archive) is built on the machine's daemon, which has a network, and loaded
+    # on the gVisor daemon, whose builds have none; the same content hash finds it there (the machine's copy
+    # stays, as tests/harbor/test_git_history.py's does: the same task, the same image)
+    tag = DockerBackend().ensure_image(SandboxSpec(run_label=run_label, build_context=str(task / "environment")))
+    copy_images(gvisor_daemon.client(300), [tag], gvisor_daemon.root)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "DOCKER_HOST")}
+    # the agent's module by its own directory: a `tests` package installed with verl shadows ours in a new process
+    path = f"{ROOT}:{ROOT / 'tests' / 'harbor'}"
+    done = subprocess.run(
+        [sys.executable, "-m", "harbor_ray", "run", f"tasks=[{task}]", f"run_label={run_label}",
+         "agent.import_path=agents:GitProbeAgent", "sandbox.hide_git_history=true",
+         f"jobs_dir={tmp_path / 'jobs'}", "job_name=job", f"backend.host={gvisor_daemon.url}",
+         "sandbox.runtime=runsc", "--format", "json"],
+        cwd=ROOT, env=env | {"PYTHONPATH": path, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    [trial] = [p for p in (tmp_path / "jobs" / "job").iterdir() if (p / "agent" / "probe.json").is_file()]
+    probe = json.loads((trial / "agent" / "probe.json").read_text())
+    assert len(probe["log"]) == 1  # the agent saw one commit
+    assert repo["fix"] not in probe["objects"]
+    # the verifier saw the original .git byte for byte, under gVisor's kernel
+    digest = (trial / "verifier" / "git_digest.txt").read_text()
+    assert digest == (trial / "verifier" / "expected_digest.txt").read_text()
+    assert (trial / "verifier" / "head.txt").read_text().strip() == repo["head"]
     assert ours(gvisor_daemon, run_label) == []

@@ -18,8 +18,8 @@ Why these flags, found on this machine (kernel 6.18 in a VM, cgroup v1, fuse-ove
   sandbox has loopback only. Newer gVisor releases fixed the check; Debian bookworm ships this one.
 - `--file-access=shared`: Docker's put_archive/get_archive (uploads, downloads) change the container's root
   filesystem from outside; gVisor's default (exclusive) caches it and never sees an upload.
-Left as is: gVisor mounts its own tmpfs at /tmp when the image's /tmp is empty, so files put into /tmp from
-outside are not seen inside (docs/config.md says so).
+gVisor mounts its own tmpfs at /tmp when the image's /tmp is empty, so files put into /tmp from outside are not
+seen inside (docs/config.md says so; hide_git_history stages its tar elsewhere for that reason).
 """
 
 from __future__ import annotations
