@@ -218,6 +218,10 @@ class _SandboxActor:
                 log.warning("could not destroy %s: %s", self._handle.name, e)
         self._stopped = True
 
+    async def settle(self, timeout_s: float) -> bool:
+        """Wait for the backend's background clean-up of destroyed sandboxes (before this process is ended)."""
+        return await asyncio.to_thread(self._backend.settle, timeout_s)
+
     def __ray_shutdown__(self) -> None:
         self._destroy_now()
 
@@ -433,6 +437,21 @@ def creation_error(e: BaseException) -> HarborRayError | None:
     return cls(match.group(2))
 
 
+_SETTLE_S = 10.0  # what an ending actor's background clean-up may take (a released holder's network: 1-2 s)
+
+
+async def settle_actor(actor: Any) -> None:
+    """Wait (at most `_SETTLE_S`) until a sandbox actor's background clean-up of the sandboxes it destroyed is
+    over, before it is killed: `ray.kill` runs no hook, and what it cuts short is left to a sweep."""
+    try:
+        await asyncio.wait_for(actor.settle.remote(_SETTLE_S), _SETTLE_S + 5)
+    except Exception as e:  # dead already, or slow: the sweeps are the backstop
+        log.debug("actor did not settle before its end: %s", e)
+
+
 async def _stop_actor(actor: Any) -> None:
-    """End the actor. Its sandbox is already destroyed (or about to be, by `__ray_shutdown__`)."""
-    ray.kill(actor, no_restart=True)
+    """End the actor once it settled. Its sandbox is already destroyed (or about to be, by `__ray_shutdown__`)."""
+    try:
+        await settle_actor(actor)
+    finally:
+        ray.kill(actor, no_restart=True)

@@ -49,9 +49,12 @@ def run_label(request: pytest.FixtureRequest, docker_client) -> Iterator[str]:
     for relay in docker_client.api.containers(all=True, filters=relays):
         docker_client.api.remove_container(relay["Id"], force=True)
     # so does the stock of ready network holders (docs/network.md); claimed holders are checked as containers
+    from support.waiting import wait_released_holders
+
     from harbor_ray.backends.docker.holders import drain
 
     drain(docker_client, label)
+    wait_released_holders(docker_client, label)  # each ends a second after its sandbox, by the daemon
     left = _ours(docker_client, label)
     for c in left:
         c.remove(force=True)

@@ -134,6 +134,11 @@ class Backend(Protocol):
         """Sandboxes whose labels include all of `labels`."""
         ...
 
+    def settle(self, timeout_s: float) -> bool:
+        """Wait (at most `timeout_s`) for the clean-up this process still does in the background for sandboxes
+        it destroyed: call it before the process ends. False when some was left (to a sweep)."""
+        ...
+
 
 class BackendSettings(Protocol):
     """What the pool, dryrun and clean ask of any backend's config dataclass (no I/O, no SDK).

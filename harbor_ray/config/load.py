@@ -151,7 +151,7 @@ def _compose(overrides: list[str]) -> DictConfig:
 
     try:
         with initialize_config_dir(config_dir=str(_conf_dir()), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
+            cfg = compose(config_name="config", overrides=_appends_to_existing_keys(overrides))
     except HydraException as e:
         first = str(e).splitlines()[0]
         unknown = re.match(r"Could not override '([^']+)'", first)
@@ -164,6 +164,13 @@ def _compose(overrides: list[str]) -> DictConfig:
         raise ConfigError(msg) from e
     OmegaConf.set_struct(cfg, False)
     return cfg
+
+
+def _appends_to_existing_keys(overrides: list[str]) -> list[str]:
+    """`+key=value` (Hydra: add a key the tree lacks) as `++key=value` (add or override): a key conf/ came to
+    list later (`+backend.tls.cert_path=…` with backend=docker, say) keeps taking the command lines written
+    for it before; Hydra would refuse them ("An item is already at …")."""
+    return [f"+{o}" if o.startswith("+") and not o.startswith("++") else o for o in overrides]
 
 
 def _unparsable(overrides: list[str], first: str) -> ConfigError:

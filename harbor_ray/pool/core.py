@@ -28,7 +28,7 @@ from harbor_ray.pool.metrics import PoolMetrics
 from harbor_ray.pool.starter import Entry, Starter
 from harbor_ray.pool.upkeep import Upkeep
 from harbor_ray.pool.warm import WarmSet
-from harbor_ray.sandbox import Sandbox, SandboxLimits
+from harbor_ray.sandbox import Sandbox, SandboxLimits, settle_actor
 
 log = logging.getLogger(__name__)
 
@@ -443,9 +443,11 @@ class PoolCore:
             await asyncio.wait(list(self.tasks), timeout=self.config.start_timeout_s)
         entries = list(self.leases.values()) + self.warm.drain()
         self.leases.clear()
-        await asyncio.gather(*(self.discard(e) for e in entries), return_exceptions=True)
-        for host in self.hosts.values():
-            for actor in list(host.idle):
-                self.drop_idle(host, actor)
+        await asyncio.gather(*(self.discard(e, recycle=False) for e in entries), return_exceptions=True)
+        # an actor released a moment ago may still clean up after its sandbox (a holder's network): let it
+        idle = [(host, actor) for host in self.hosts.values() for actor in list(host.idle)]
+        await asyncio.gather(*(settle_actor(actor) for _, actor in idle))
+        for host, actor in idle:
+            self.drop_idle(host, actor)
         if self.maybe_orphans and self.upkeep is not None:
             await self.upkeep.reap()

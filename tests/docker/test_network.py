@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
+from support.waiting import wait_released_holders
 
 from harbor_ray import labels as L
 from harbor_ray.backends.base import SandboxHandle, SandboxSpec
@@ -286,6 +287,30 @@ async def test_pool_lease_carries_the_gateway_and_release_removes_its_network(
     while H.sweep(backend.client, run_label) or _networks_of_run(backend, run_label, wait_s=0):
         assert time.monotonic() < deadline, f"left: {_networks_of_run(backend, run_label, wait_s=0)}"
         time.sleep(0.5)
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("keep_actors_s", [600.0, 0.0], ids=["idle-actor", "actor-ended-at-release"])
+async def test_a_pool_shut_down_right_after_a_release_leaves_no_network_of_it(
+    ray_local: None, backend: DockerBackend, run_label: str, bridge_ip: str, gateway_port: int, keep_actors_s: float
+) -> None:
+    """A released holder ends a second after its sandbox and its network after it, in the actor's process: an
+    actor ended at once (the pool's shutdown, or one not recycled) settles first, so no sweep is needed."""
+    from harbor_ray.backends.docker.config import DockerBackendConfig
+    from harbor_ray.config import PoolConfig
+    from harbor_ray.pool import SandboxPool
+
+    config = PoolConfig(name=f"pool-{run_label}", reap_interval_s=0, keep_actors_s=keep_actors_s)
+    pool = SandboxPool(DockerBackendConfig(holder_stock=0), config, run_label=run_label)
+    try:
+        async with pool.lease(_spec(run_label, gateway=f"{bridge_ip}:{gateway_port}")) as sandbox:
+            own = sandbox.handle.labels[L.EGRESS_NET]
+            assert own in _networks_of_run(backend, run_label, wait_s=0)
+    finally:
+        await pool.shutdown()
+    # no sweep: what the actors did before they were ended (a killed process's removal would never come)
+    assert wait_released_holders(backend.client, run_label) == []
+    assert _networks_of_run(backend, run_label, wait_s=5) == []
 
 
 def _addresses(backend: DockerBackend, network: str) -> dict[str, str]:

@@ -63,6 +63,9 @@ def test_every_backend_setting_is_an_override(backend: str, tmp_path: Path) -> N
     if backend != "k8s":
         assert load_config([*base, "backend.holder_stock=2"]).backend.holder_stock == 2
         assert load_config(base).backend.holder_stock is None  # the daemon's slots
+        # command lines written when a key was missing from conf/ (appended with +) keep working
+        cfg = load_config([*base, f"+backend.tls.cert_path={tmp_path}", "+backend.holder_stock=3"])
+        assert (cfg.backend.tls.cert_path, cfg.backend.holder_stock) == (str(tmp_path), 3)
 
 
 def test_overrides_reach_every_section() -> None:

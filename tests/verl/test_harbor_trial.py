@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from support.waiting import wait_released_holders
 from verl_harness import FIXTURE_TASKS, ScriptedServerManager, compose_verl
 
 pytestmark = [pytest.mark.verl, pytest.mark.gateway, pytest.mark.harbor, pytest.mark.ray, pytest.mark.docker]
@@ -179,6 +180,7 @@ async def test_harbor_trials_through_the_gateway(
     assert slow["info"]["harbor_masked"] == 0.0
     assert 1 in slow["mask"]
 
+    assert wait_released_holders(docker_client, run_label) == []  # each ends a second after its sandbox
     left = docker_client.containers.list(all=True, filters={"label": f"harbor-run={run_label}"})
     assert [c.name for c in left if c.status == "running" and not _relay(c)] == []
 

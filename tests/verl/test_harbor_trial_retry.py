@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from omegaconf import OmegaConf
+from support.waiting import wait_released_holders
 from test_harbor_trial import INBOX_OK, _batch, _loops, _sample, _worker
 from verl_harness import ScriptedServerManager
 
@@ -45,6 +46,7 @@ async def test_sandbox_lost_before_the_first_token_is_retried_on_a_fresh_sandbox
     (sent,) = manager.sent.values()
     assert [t for t, m in zip(sample["ids"], sample["mask"], strict=True) if m] == [t for ids, _ in sent for t in ids]
     assert info["gateway/calls"] == 2.0
+    assert wait_released_holders(docker_client, run_label) == []  # each ends a second after its sandbox
     left = docker_client.containers.list(all=True, filters={"label": f"harbor-run={run_label}"})
     # the shared relay of "gateway only" sandboxes and the stock of network holders outlive them on purpose
     # (docs/network.md; the run_label fixture drains the stock)

@@ -299,6 +299,13 @@ class DockerBackend:
         if network:
             N.drop(self.client, network)
 
+    def settle(self, timeout_s: float) -> bool:
+        """The networks of the holders this process released (removed a second later, `holders.release`) and
+        the stock refills it started: over within `timeout_s`, or left to a sweep (False)."""
+        deadline = time.monotonic() + timeout_s
+        refilled = H.refills_done(timeout_s)
+        return N.removals_done(max(0.0, deadline - time.monotonic())) and refilled
+
     def wait_gone(self, handle: SandboxHandle) -> None:
         """Block until the container is no longer running (exited, killed or removed).
 

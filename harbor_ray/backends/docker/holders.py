@@ -55,28 +55,7 @@ _HOLDERS: weakref.WeakKeyDictionary[Any, Holders] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 
-class _Pending:
-    """How many refills this process has queued or running (`refills_done` waits for none)."""
-
-    def __init__(self) -> None:
-        self._count = 0
-        self._idle = threading.Condition()
-
-    def acquire(self) -> None:
-        with self._idle:
-            self._count += 1
-
-    def release(self) -> None:
-        with self._idle:
-            self._count -= 1
-            self._idle.notify_all()
-
-    def wait(self, timeout_s: float) -> bool:
-        with self._idle:
-            return self._idle.wait_for(lambda: self._count == 0, timeout_s)
-
-
-_PENDING = _Pending()
+_PENDING = N.Pending()
 
 
 def refills_done(timeout_s: float = 60) -> bool:

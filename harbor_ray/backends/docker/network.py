@@ -36,10 +36,12 @@ log = logging.getLogger(__name__)
 __all__ = [
     "HOST_ALIAS",
     "Egress",
+    "Pending",
     "clean_networks",
     "create_egress",
     "drop",
     "drop_later",
+    "removals_done",
     "host_address",
     "remove_container",
     "remove_egress",
@@ -219,19 +221,52 @@ def drop(client: Any, network: str) -> None:
     answer = send(client, "delete", client.api._url("/networks/{0}", network), _DROP_ANSWER_S)
     if answer in (200, 204, 404):
         return
-    _REMOVER.submit(_remove_quietly, client, network)  # refused, or still under way: make sure it goes
+    drop_later(client, network)  # refused, or still under way: make sure it goes
+
+
+class Pending:
+    """How many background jobs of a kind this process has queued or running; `wait` for none."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = threading.Condition()
+
+    def acquire(self) -> None:
+        with self._idle:
+            self._count += 1
+
+    def release(self) -> None:
+        with self._idle:
+            self._count -= 1
+            self._idle.notify_all()
+
+    def wait(self, timeout_s: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._count == 0, timeout_s)
+
+
+_LATER = Pending()  # the removals `drop_later` has queued or running
 
 
 def drop_later(client: Any, network: str, after_s: float = 0.0) -> None:
     """Remove a network in the background, `after_s` from now, once nothing is on it any more (or leave it to
-    a sweep)."""
+    a sweep; `removals_done` waits for them before this process ends)."""
     due = time.monotonic() + after_s
+    _LATER.acquire()
     _REMOVER.submit(_remove_when_due, client, network, due)
 
 
 def _remove_when_due(client: Any, network: str, due: float) -> None:
-    time.sleep(max(0.0, due - time.monotonic()))  # queued together, due together: no wait adds up
-    _remove_quietly(client, network)
+    try:
+        time.sleep(max(0.0, due - time.monotonic()))  # queued together, due together: no wait adds up
+        _remove_quietly(client, network)
+    finally:
+        _LATER.release()
+
+
+def removals_done(timeout_s: float) -> bool:
+    """Wait until this process's `drop_later` removals are over; False on timeout."""
+    return _LATER.wait(timeout_s)
 
 
 def send(client: Any, method: str, url: str, read_timeout_s: float, **kwargs: Any) -> int | None:

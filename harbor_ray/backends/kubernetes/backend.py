@@ -278,6 +278,9 @@ class KubernetesBackend:
         self._delete(handle.id, confirm=True)
         self._delete_policy(handle.name, handle.labels)
 
+    def settle(self, timeout_s: float) -> bool:
+        return True  # destroy waits for everything it deletes
+
     def wait_gone(self, handle: SandboxHandle) -> None:
         """Block until the pod is deleted or no longer running: one watch on that pod, renewed every 5 min."""
         import urllib3
