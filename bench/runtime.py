@@ -44,7 +44,14 @@ def _pip_image(client: docker.DockerClient, label: str) -> None:
         f"FROM {BASE_IMAGE}\nRUN apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-pip"
         " >/dev/null && rm -rf /var/lib/apt/lists/*\n"
     )
-    client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=PIP_IMAGE, labels={"harbor-ray/kind": "image"})
+    # rm/forcerm: the SDK keeps a build's intermediate containers unless told (its default is not the CLI's)
+    client.images.build(
+        fileobj=io.BytesIO(dockerfile.encode()),
+        tag=PIP_IMAGE,
+        labels={"harbor-ray/kind": "image"},
+        rm=True,
+        forcerm=True,
+    )
 
 
 def _run(client: docker.DockerClient, image: str, cmd: str, label: str, **kwargs: object) -> float:
