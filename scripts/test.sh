@@ -13,4 +13,6 @@ python -m ruff check harbor_ray tests bench
 python -m ruff format --check harbor_ray tests bench >/dev/null || { python -m ruff format --diff harbor_ray tests bench | head -40; exit 1; }
 python -m mypy harbor_ray
 lint-imports --no-cache >/dev/null || lint-imports --no-cache  # the layers of pyproject.toml [tool.importlinter]
+# a test process killed by a signal prints each thread's Python stack (a CI run once ended in SIGSEGV after all passed)
+export PYTHONFAULTHANDLER=1
 exec python -m pytest "$@"
