@@ -52,6 +52,9 @@ class K8sCheck(NamedTuple):
     warning: bool = False
 
 
+_PROBE_SIZE = (0.1, 64)  # cpus, memory_mb of a probe pod that copies nothing
+
+
 def k8s_checks(
     config: K8sBackendConfig,
     *,
@@ -59,11 +62,13 @@ def k8s_checks(
     pids_limit: int | None = None,
     runtime: str = "",
     agent_runtime: str = "",
+    sandbox_size: tuple[float, int] = _PROBE_SIZE,
 ) -> list[K8sCheck]:
     """Preflight for the Kubernetes backend. With probe_image, also start a labeled throwaway pod; with
     pids_limit (the sandbox's), also say what bounds a pod's processes on the nodes pods can land on; with
     runtime (sandbox.runtime), also check its RuntimeClass exists (and run the probe pod under it); with
-    agent_runtime (agent.runtime), whether its image is there, and the probe pod copies and mounts it."""
+    agent_runtime (agent.runtime), whether its image is there, and the probe pod copies and mounts it, with the
+    sandbox's (cpus, memory_mb) `sandbox_size`, which bound that copy as they bound a sandbox pod's."""
     where = "in-cluster config" if config.in_cluster else f"kubeconfig {config.kubeconfig or '(default)'}"
     try:
         backend = cast("KubernetesBackend", make_backend(config))
@@ -95,7 +100,8 @@ def k8s_checks(
         if not lines[-1].ok:
             agent_runtime = ""  # not built here (the probe would build it), or no probe
     if probe_image and permitted:
-        lines.append(_check_probe(backend, probe_image, runtime, agent_runtime))
+        size = sandbox_size if agent_runtime else _PROBE_SIZE
+        lines.append(_check_probe(backend, probe_image, size, runtime, agent_runtime))
     return lines
 
 
@@ -216,12 +222,14 @@ def _check_pids_limit(backend: KubernetesBackend, pids_limit: int) -> K8sCheck:
 _PIDS_NODES = 8  # nodes asked for their kubelet config (a big pool's nodes share one config)
 
 
-def _check_probe(backend: KubernetesBackend, image: str, runtime: str = "", agent_runtime: str = "") -> K8sCheck:
+def _check_probe(
+    backend: KubernetesBackend, image: str, size: tuple[float, int], runtime: str = "", agent_runtime: str = ""
+) -> K8sCheck:
     spec = SandboxSpec(
         run_label="harbor-ray-probe",
         image=image,
-        cpus=0.1,
-        memory_mb=64,
+        cpus=size[0],
+        memory_mb=size[1],
         ttl_s=120,
         runtime=runtime,
         agent_runtime=agent_runtime,
@@ -258,6 +266,7 @@ def checks(cfg: Config, *, pod: bool) -> list[Check]:
         pids_limit=cfg.sandbox.pids_limit,
         runtime=cfg.sandbox.runtime or cfg.backend.runtime_class_name,
         agent_runtime=cfg.agent.runtime,
+        sandbox_size=(cfg.sandbox.cpus, cfg.sandbox.memory_mb),
     )
     status = {True: "pass", False: "fail"}
     return [Check("warn" if c.warning else status[c.ok], c.detail, c.fix, c.name) for c in found]
